@@ -1,0 +1,44 @@
+"""sparseae: train, evaluate and explore sparse autoencoders.
+
+A model is an encoder, a pluggable sparsity constraint and a decoder::
+
+    import sparseae
+
+    data = sparseae.load_mnist()
+    model = sparseae.mnist_conv()                 # the Keras blog's model, L1 1e-4
+    result = sparseae.train(model, data, sparseae.TrainConfig(epochs=5), out="runs/demo")
+    codes = model.encode(data.test[:8])           # (8, 32)
+    model = sparseae.load("runs/demo")            # the same model back
+"""
+
+__version__ = "0.1.0"
+
+from sparseae.data import DataConfig, Dataset, load_data, load_mnist
+from sparseae.errors import SparseAEError
+from sparseae.io import load, save_model
+from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, mnist_conv
+from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, register
+from sparseae.train import TrainConfig, TrainResult, evaluate, resume, train
+
+__all__ = [
+    "Autoencoder",
+    "ConvAutoencoder",
+    "ConvConfig",
+    "DataConfig",
+    "Dataset",
+    "SparseAEError",
+    "Sparsity",
+    "TrainConfig",
+    "TrainResult",
+    "build_sparsity",
+    "evaluate",
+    "list_sparsities",
+    "load",
+    "load_data",
+    "load_mnist",
+    "mnist_conv",
+    "register",
+    "resume",
+    "save_model",
+    "train",
+]

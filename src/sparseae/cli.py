@@ -1,0 +1,268 @@
+"""``sparseae`` on the command line: a thin layer over the public API.
+
+Flags come from the config dataclasses (their field docstrings are the help
+text) and from the chosen sparsity constraint's hyperparameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import re
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence, get_args, get_origin
+
+import numpy as np
+import torch
+
+from sparseae._config import coerce, field_docs, from_dict
+from sparseae.data import DataConfig, load_data
+from sparseae.errors import SparseAEError, check
+from sparseae.io import atomic_write, load
+from sparseae.models import build_preset, list_presets
+from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
+from sparseae.train import CONFIG_FILE, TrainConfig, evaluate, pick_device, read_run_config, resume, train
+
+log = logging.getLogger("sparseae")
+
+_DATA_FLAGS = {"source": "data"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return args.run(args)
+    except SparseAEError as e:
+        if args.debug:
+            raise
+        print(f"sparseae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparseae: interrupted; the last finished epoch is saved (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparseae", description="Train, evaluate and explore sparse autoencoders.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="Print only the results, no progress.")
+    common.add_argument("--debug", action="store_true", help="Show the full traceback of errors.")
+
+    p = sub.add_parser("train", parents=[common], help="Train a model (default: the Keras MNIST model).", description=_train_doc)
+    p.add_argument("--model", default="mnist-conv", choices=list_presets(), help="Model to build (default: %(default)s).")
+    p.add_argument("--sparsity", default="l1", choices=list_sparsities(), help="Sparsity constraint (default: %(default)s).")
+    sparsity = _chosen_sparsity(argv)
+    group = p.add_argument_group(f"{sparsity} hyperparameters", "Run with --sparsity NAME --help to see another constraint's.")
+    for name, (kind, default, doc) in _hyperparameters(sparsity).items():
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"hp_{name}",
+            metavar=name.upper(),
+            type=kind,
+            default=default,
+            help=f"{doc} (default: {default})",
+        )
+    _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
+    _add_dataclass_args(p.add_argument_group("training"), TrainConfig)
+    p.add_argument("--out", type=Path, help="Run directory to create (default: runs/<time>-<model>-<sparsity>).")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="Continue RUN from its last checkpoint (other flags are ignored).")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("eval", parents=[common], help="Recompute a run's test metrics.")
+    p.add_argument("run_dir", type=Path, metavar="RUN")
+    p.add_argument("--data", help="Evaluate on this data instead of the run's ('mnist' or an IDX directory).")
+    p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
+    p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser("encode", parents=[common], help="Write the codes of inputs as a .npy file.")
+    p.add_argument("run_dir", type=Path, metavar="RUN")
+    p.add_argument("--input", type=Path, help="Inputs as .npy, (N, C, H, W), (N, H, W) or (N, C*H*W); uint8 is scaled by 1/255. Default: the run's test split.")
+    p.add_argument("--output", type=Path, required=True, help="Where to write the codes, (N, n_latents) float32.")
+    p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
+    p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
+    p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")
+    p.set_defaults(run=_encode)
+    return parser
+
+
+_train_doc = """Train a sparse autoencoder and write a run directory (config.json, metrics.jsonl,
+model.safetensors + cfg.json, checkpoint.safetensors, reconstructions.png).
+With no arguments: the Keras blog's convolutional sparse autoencoder on MNIST."""
+
+
+def _chosen_sparsity(argv: list[str]) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--sparsity", default="l1")
+    name = pre.parse_known_args(argv)[0].sparsity
+    return name if name in list_sparsities() else "l1"  # argparse reports the bad choice
+
+
+def _hyperparameters(name: str) -> dict[str, tuple[Any, Any, str]]:
+    """Per hyperparameter of constraint ``name``: (argparse type, default, help from the docstring)."""
+    cls = get_sparsity(name)
+    docs = _docstring_args(cls.__doc__ or "")
+    out = {}
+    for key, param in cls.hyperparameters().items():
+        default = None if param.default is param.empty else param.default
+        hint = typing.get_type_hints(cls.__init__).get(key, str)
+        out[key] = (_arg_type(hint, f"--{key}"), default, docs.get(key, ""))
+    return out
+
+
+def _docstring_args(doc: str) -> dict[str, str]:
+    """The entries of a Google-style ``Args:`` section."""
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    entries = re.findall(r"^\s{4,}(\w+):\s*(.+(?:\n\s{8,}.+)*)", section, flags=re.M)
+    return {name: " ".join(text.split()) for name, text in entries}
+
+
+def _arg_type(hint: Any, flag: str) -> Any:
+    """An argparse ``type`` that parses a string into ``hint`` with a clear error."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    base = args[0] if get_origin(hint) is not Literal and args else hint
+    kind = {int: int, float: float}.get(base, str)
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        return coerce(value, hint, flag)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_dataclass_args(parser: Any, cls: type, rename: dict[str, str] | None = None) -> None:
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = (rename or {}).get(field.name, field.name).replace("_", "-")
+        hint = hints[field.name]
+        choices = list(get_args(hint)) if get_origin(hint) is Literal else None
+        parser.add_argument(
+            f"--{flag}",
+            dest=f"{cls.__name__}.{field.name}",
+            metavar=None if choices else field.name.upper(),
+            type=_arg_type(hint, f"--{flag}"),
+            choices=choices,
+            default=field.default,
+            help=f"{docs.get(field.name, '')} (default: {field.default})",
+        )
+
+
+def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    values = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)}
+    return cls(**values)
+
+
+def _train(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.resume is not None:
+        result = resume(args.resume, progress=progress)
+    else:
+        config = _dataclass_from_args(TrainConfig, args)
+        data_config = _dataclass_from_args(DataConfig, args)
+        if data_config.source != "mnist":
+            data_config = dataclasses.replace(data_config, source=str(Path(data_config.source).resolve()))
+        data = load_data(data_config)
+        params = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_")}
+        sparsity = build_sparsity(args.sparsity, **params)
+        model = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed)
+        out = args.out or _default_run_dir(args.model, args.sparsity)
+        log.info("training %s (%s) on %s -> %s", args.model, sparsity.extra_repr() or args.sparsity, data.name, out)
+        result = train(model, data, config, out, progress=progress)
+    final = result.metrics[-1] if result.metrics else {}
+    print(f"run: {result.run_dir}")
+    if final:
+        print(_format_metrics({k[5:]: v for k, v in final.items() if k.startswith("test_")}, f"test metrics after epoch {final['epoch']}"))
+    return 0
+
+
+def _default_run_dir(model: str, sparsity: str) -> Path:
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{sparsity}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _run_data(run_dir: Path, override: str | None) -> Any:
+    run = read_run_config(run_dir)
+    if override is not None:
+        return load_data(DataConfig(override))
+    if run["data"] is None:
+        raise SparseAEError(
+            str(run_dir),
+            expected="a run whose data sparseae can load again",
+            got="a run trained on in-memory data",
+            fix="Pass --data.",
+        )
+    return load_data(from_dict(DataConfig, run["data"], f"{run_dir / CONFIG_FILE} data"))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    model = load(args.run_dir, device)
+    data = _run_data(args.run_dir, args.data)
+    metrics = evaluate(model, data.test, args.batch_size, device)
+    print(_format_metrics(metrics, f"{args.run_dir} on {data.name} test ({len(data.test)} samples)"))
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    if args.output.exists() and not args.overwrite:
+        raise SparseAEError(str(args.output), expected="a path that does not exist yet", got="an existing file", fix="Choose another --output or pass --overwrite.")
+    check(args.output.suffix == ".npy", "--output", expected="a path ending in .npy", got=args.output, fix="Name the file CODES.npy.")
+    device = pick_device(args.device)
+    model = load(args.run_dir, device)
+    x = _run_data(args.run_dir, None).test if args.input is None else _read_inputs(args.input, model.input_shape)
+    codes = []
+    with torch.no_grad():
+        for i in range(0, len(x), args.batch_size):
+            codes.append(model.encode(torch.as_tensor(np.asarray(x[i : i + args.batch_size])).float().to(device)).cpu())
+    out = torch.cat(codes).numpy()
+    buffer = io.BytesIO()
+    np.save(buffer, out)
+    atomic_write(args.output, buffer.getvalue())
+    print(f"codes: {args.output} {out.shape} (L0 {float((out != 0).sum(1).mean()):.2f})")
+    return 0
+
+
+def _read_inputs(path: Path, shape: tuple[int, ...]) -> Any:
+    if not path.is_file():
+        raise SparseAEError(str(path), expected="a .npy file of inputs", got="no such file", fix="Check --input.")
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise SparseAEError(str(path), expected="a .npy array of numbers", got=f"an unreadable file ({e})", fix="Save it with numpy.save.") from None
+    check(
+        x.dtype.kind in "uif" and x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(shape)),
+        str(path),
+        expected=f"a numeric array (N, {', '.join(map(str, shape))}) or (N, {int(np.prod(shape))})",
+        got=f"{x.dtype} array of shape {x.shape}",
+        fix="Reshape the inputs to the model's input shape.",
+    )
+    x = x.reshape(len(x), *shape)
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+
+
+def _format_metrics(metrics: dict[str, Any], title: str) -> str:
+    lines = [title]
+    for key, value in metrics.items():
+        lines.append(f"  {key:<16} {value:.6g}" if isinstance(value, float) else f"  {key:<16} {value}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Save and load models and checkpoints: ``cfg.json`` + safetensors, never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from sparseae._config import from_dict
+from sparseae.errors import SparseAEError
+from sparseae.models import Autoencoder, get_model_class
+from sparseae.sparsity import build_sparsity
+
+FORMAT = 1
+"""Version of the on-disk layout; bumped when it changes incompatibly."""
+
+MODEL_FILE, CFG_FILE = "model.safetensors", "cfg.json"
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SparseAEError(str(path), expected="a JSON file", got="no such file", fix="Check the path.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SparseAEError(str(path), expected="valid JSON", got=f"a parse error ({e})", fix="Repair or remove the file.") from None
+
+
+def write_tensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
+    atomic_write(path, save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def read_tensors(path: str | Path) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise SparseAEError(str(path), expected="a safetensors file", got="no such file", fix="Check the path.")
+    try:
+        return load_safetensors(path.read_bytes())
+    except (SafetensorError, ValueError) as e:
+        raise SparseAEError(
+            str(path), expected="a valid safetensors file", got=f"an unreadable one ({e})", fix="The file is damaged: re-create it."
+        ) from None
+
+
+def save_model(model: Autoencoder, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``cfg.json`` into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tensors(directory / MODEL_FILE, model.state_dict())
+    write_json(directory / CFG_FILE, {"format": FORMAT, **model.describe()})
+    return directory
+
+
+def model_from_cfg(cfg: Any, what: str) -> Autoencoder:
+    """An untrained model built from a ``cfg.json`` dict."""
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise SparseAEError(
+            what,
+            expected=f"a sparseae model config of format {FORMAT}",
+            got=f"format {cfg.get('format') if isinstance(cfg, dict) else type(cfg).__name__}",
+            fix="The model was written by an incompatible sparseae version: use that version or retrain.",
+        )
+    cls = get_model_class(cfg.get("kind", ""))
+    config = from_dict(cls.config_class, cfg.get("config"), f"{what} config")
+    sparsity = cfg.get("sparsity") or {}
+    return cls(config, build_sparsity(sparsity.get("name", ""), **(sparsity.get("params") or {})))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
+    """Load a model from a run directory or a directory holding ``cfg.json`` + ``model.safetensors``."""
+    path = Path(path)
+    if not (path / CFG_FILE).is_file():
+        raise SparseAEError(
+            str(path),
+            expected=f"a run or model directory containing {CFG_FILE} and {MODEL_FILE}",
+            got="no such directory" if not path.exists() else f"no {CFG_FILE} in it",
+            fix="Pass the directory that `sparseae train` printed (a run that finished).",
+        )
+    model = model_from_cfg(read_json(path / CFG_FILE), str(path / CFG_FILE))
+    load_state(model, read_tensors(path / MODEL_FILE), str(path / MODEL_FILE))
+    return model.to(device).eval()
+
+
+def load_state(model: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise SparseAEError(
+            what,
+            expected="weights matching the model in cfg.json",
+            got="different tensor names or shapes",
+            fix="The weights and cfg.json do not belong together: re-save the model.",
+        )
+    model.load_state_dict(state)

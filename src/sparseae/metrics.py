@@ -1,0 +1,96 @@
+"""Metrics of a sparse autoencoder, as pure functions of tensors.
+
+Shapes: ``x`` and ``recon`` are ``(N, ...)`` (flattened per sample here),
+``code`` is ``(N, n_latents)``. A code unit is *active* when it is non-zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def mse(x: Tensor, recon: Tensor) -> float:
+    """Mean squared error over every element (Keras' ``mse`` on images)."""
+    return (x - recon).double().square().mean().item()
+
+
+def fvu(x: Tensor, recon: Tensor) -> float:
+    """Fraction of variance unexplained: ``sum ||x - recon||^2 / sum ||x - mean(x)||^2``.
+
+    ``mean(x)`` is the per-feature mean over these samples, so FVU = 1 - R^2
+    (explained variance) pooled over features; 0 is perfect, 1 is no better
+    than predicting the mean sample.
+    """
+    x, recon = x.flatten(1).double(), recon.flatten(1).double()
+    return ((x - recon).square().sum() / (x - x.mean(0)).square().sum()).item()
+
+
+def l0(code: Tensor) -> float:
+    """Mean number of active units per sample."""
+    return (code != 0).sum(1).double().mean().item()
+
+
+def frac_zero(code: Tensor) -> float:
+    """Fraction of code entries that are exactly zero."""
+    return (code == 0).double().mean().item()
+
+
+def mean_activation(code: Tensor) -> float:
+    """Mean code value over samples and units."""
+    return code.double().mean().item()
+
+
+def activation_frequency(code: Tensor) -> Tensor:
+    """Per unit, the fraction of samples on which it is active, ``(n_latents,)``."""
+    return (code != 0).double().mean(0)
+
+
+def dead_units(code: Tensor) -> int:
+    """Units never active on these samples."""
+    return int((code != 0).sum(0).eq(0).sum().item())
+
+
+class Accumulator:
+    """The metrics above over a data set, fed batch by batch, without keeping the codes.
+
+    ``result()`` equals the pure functions applied to the concatenated batches
+    (up to float rounding); a test checks it.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.elements = 0
+        self.sq_err = 0.0
+        self.nonzero = 0
+        self.code_sum = 0.0
+        self.code_entries = 0
+        self.x_sum: Tensor | None = None
+        self.x_sq_sum: Tensor | None = None
+        self.active: Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, x: Tensor, recon: Tensor, code: Tensor) -> None:
+        x, recon = x.flatten(1).double(), recon.flatten(1).double()
+        self.n += len(x)
+        self.elements += x.numel()
+        self.sq_err += (x - recon).square().sum().item()
+        self.x_sum = x.sum(0) if self.x_sum is None else self.x_sum + x.sum(0)
+        self.x_sq_sum = x.square().sum(0) if self.x_sq_sum is None else self.x_sq_sum + x.square().sum(0)
+        active = (code != 0).sum(0)
+        self.active = active if self.active is None else self.active + active
+        self.nonzero += int(active.sum().item())
+        self.code_sum += code.double().sum().item()
+        self.code_entries += code.numel()
+
+    def result(self) -> dict[str, float]:
+        assert self.n > 0 and self.x_sum is not None and self.x_sq_sum is not None and self.active is not None
+        total_var = (self.x_sq_sum - self.x_sum.square() / self.n).sum().item()
+        return {
+            "mse": self.sq_err / self.elements,
+            "fvu": self.sq_err / total_var if total_var > 0 else float("nan"),
+            "l0": self.nonzero / self.n,
+            "mean_activation": self.code_sum / self.code_entries,
+            "frac_zero": 1.0 - self.nonzero / self.code_entries,
+            "dead_units": int(self.active.eq(0).sum().item()),
+        }

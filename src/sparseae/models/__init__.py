@@ -1,0 +1,17 @@
+"""Models: an encoder, a sparsity constraint, a decoder."""
+
+from sparseae.models.base import Autoencoder, ModelOutput, get_model_class, register_model
+from sparseae.models.conv import ConvAutoencoder, ConvConfig
+from sparseae.models.presets import build_preset, list_presets, mnist_conv
+
+__all__ = [
+    "Autoencoder",
+    "ConvAutoencoder",
+    "ConvConfig",
+    "ModelOutput",
+    "build_preset",
+    "get_model_class",
+    "list_presets",
+    "mnist_conv",
+    "register_model",
+]

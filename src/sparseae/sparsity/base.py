@@ -1,0 +1,121 @@
+"""The sparsity extension point: the abstract base and the registry.
+
+A constraint turns the encoder's pre-activations into the code (it owns the
+code's nonlinearity) and may add a penalty to the loss. Writing one is a
+one-file job::
+
+    @register("my-l1")
+    class MyL1(Sparsity):
+        def __init__(self, weight: float = 1e-3):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, pre):           # (B, n_latents) -> (B, n_latents)
+            return torch.relu(pre)
+
+        def penalty(self, code):          # (B, n_latents) -> scalar
+            return self.weight * code.abs().sum() / code.shape[0]
+
+Hyperparameters are the ``__init__`` keyword arguments, stored under the same
+attribute names (as in scikit-learn): that is what save/load and the CLI read.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from torch import Tensor, nn
+
+from sparseae.errors import SparseAEError
+
+
+class Sparsity(nn.Module):
+    """Maps pre-activations ``(B, n_latents)`` to a sparse code and prices it."""
+
+    name: str = ""
+    """Registry name, set by :func:`register`."""
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """The code for pre-activations ``pre`` of shape ``(B, n_latents)``."""
+        raise NotImplementedError
+
+    def penalty(self, code: Tensor) -> Tensor:
+        """Scalar added to the loss for a batch of codes; zero by default."""
+        return code.new_zeros(())
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, inspect.Parameter]:
+        """The ``__init__`` keyword arguments, in order."""
+        params = inspect.signature(cls.__init__).parameters
+        return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters this instance was built with."""
+        return {k: getattr(self, k) for k in self.hyperparameters()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+
+
+_REGISTRY: dict[str, type[Sparsity]] = {}
+
+S = TypeVar("S", bound=type[Sparsity])
+
+
+def register(name: str) -> Callable[[S], S]:
+    """Class decorator: make a constraint available by ``name``."""
+
+    def add(cls: S) -> S:
+        if name in _REGISTRY:
+            raise ValueError(f"sparsity {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def list_sparsities() -> list[str]:
+    """Names of every registered constraint."""
+    return sorted(_REGISTRY)
+
+
+def get_sparsity(name: str) -> type[Sparsity]:
+    """The constraint class registered as ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SparseAEError(
+            "sparsity",
+            expected=f"one of {', '.join(list_sparsities())}",
+            got=repr(name),
+            fix="Pick a registered constraint.",
+        ) from None
+
+
+def build_sparsity(name: str, **params: Any) -> Sparsity:
+    """An instance of the constraint ``name`` with the given hyperparameters."""
+    cls = get_sparsity(name)
+    known = cls.hyperparameters()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise SparseAEError(
+            f"sparsity {name!r}",
+            expected=f"hyperparameters among {', '.join(known) or '(none)'}",
+            got=", ".join(unknown),
+            fix="Remove or rename the unknown hyperparameters.",
+        )
+    return cls(**params)
+
+
+def check_weight(value: float, what: str) -> float:
+    """A finite, non-negative penalty weight."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")):
+        raise SparseAEError(
+            what,
+            expected="a finite number >= 0",
+            got=repr(value),
+            fix="Use 0 to switch the penalty off.",
+        )
+    return float(value)

@@ -1,0 +1,402 @@
+"""The training loop, for any sparseae model, and the run directory it writes.
+
+A run directory holds::
+
+    config.json             model, training and data settings (enough to resume)
+    metrics.jsonl           one JSON line per epoch
+    checkpoint.safetensors  model + optimizer + RNG state after the last finished epoch
+    model.safetensors       the latest model, with cfg.json: ``sparseae.load(RUN)``
+    cfg.json
+    reconstructions.png     test samples above their reconstructions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import sparseae
+from sparseae._config import from_dict, to_dict
+from sparseae.data import DataConfig, Dataset, load_data
+from sparseae.errors import SparseAEError, check
+from sparseae.io import atomic_write, model_from_cfg, read_json, save_model, write_json
+from sparseae.metrics import Accumulator
+from sparseae.models import Autoencoder
+from sparseae.report import save_image_grid
+
+log = logging.getLogger("sparseae")
+
+CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE = "config.json", "metrics.jsonl", "checkpoint.safetensors"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Each field's docstring is its ``--help`` text."""
+
+    epochs: int = 10
+    """Passes over the training split."""
+    steps: int | None = None
+    """Train for exactly this many optimizer steps instead of whole epochs."""
+    batch_size: int = 128
+    """Samples per optimizer step."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    optimizer: Literal["keras-adam", "adam"] = "keras-adam"
+    """'keras-adam': Adam as Keras computes it (epsilon added before the bias
+    correction, which damps the first steps); 'adam': torch.optim.Adam."""
+    adam_eps: float = 1e-7
+    """Adam epsilon; 1e-7 is Keras' default (PyTorch's is 1e-8)."""
+    loss: Literal["mse", "bce"] = "mse"
+    """Reconstruction loss: mean squared error, or binary cross-entropy (outputs clipped to [1e-7, 1-1e-7] as in Keras)."""
+    seed: int = 0
+    """Seeds the data order (and the model's initialisation, from the CLI)."""
+    device: str = "auto"
+    """'auto' (CUDA, then Apple MPS, then CPU), or a torch device such as 'cpu', 'cuda:1'."""
+    eval_batch_size: int = 1000
+    """Samples per batch when evaluating on the test split."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            check(value >= 1, name, expected="an integer >= 1", got=value, fix=f"Pass a positive {name}.")
+        check(self.steps is None or self.steps >= 1, "steps", expected="an integer >= 1", got=self.steps, fix="Leave it unset to train by epochs.")
+        for name in ("lr", "adam_eps"):
+            value = getattr(self, name)
+            check(0 < value < math.inf, name, expected="a finite number > 0", got=value, fix=f"Pass a positive {name}.")
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns."""
+
+    model: Autoencoder
+    """The trained model, in eval mode."""
+    metrics: list[dict[str, Any]]
+    """One record per epoch (the lines of ``metrics.jsonl``)."""
+    run_dir: Path | None
+    """Where the run was written, if anywhere."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA, then MPS, then CPU; otherwise the named device, if it is there."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SparseAEError("device", expected="auto, cpu, cuda, cuda:N or mps", got=repr(name), fix="Pick one of those.") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    check(
+        available.get(device.type, False),
+        "device",
+        expected="a device this machine has",
+        got=f"{name!r} (not available here)",
+        fix="Use --device auto to pick what is there.",
+    )
+    return device
+
+
+def reconstruction_loss(kind: str, recon: Tensor, x: Tensor) -> Tensor:
+    """Mean over elements, as Keras' ``mse`` and ``binary_crossentropy`` reduce an image batch."""
+    if kind == "bce":
+        return F.binary_cross_entropy(recon.clamp(1e-7, 1 - 1e-7), x)
+    return F.mse_loss(recon, x)
+
+
+class KerasAdam(torch.optim.Adam):
+    """Adam with Keras' placement of epsilon.
+
+    Keras updates ``w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``;
+    torch divides by ``sqrt(v) / sqrt(1 - b2^t) + eps`` instead. The two agree when
+    torch's epsilon is ``eps / sqrt(1 - b2^t)``, which this sets before each step:
+    30x larger than ``eps`` at step 1, equal to it after a few thousand steps.
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-3, eps: float = 1e-7):
+        super().__init__(params, lr=lr, eps=eps)
+        for group in self.param_groups:
+            group["keras_eps"] = eps
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        for group in self.param_groups:
+            state = self.state.get(group["params"][0], {})
+            t = int(state["step"]) + 1 if "step" in state else 1
+            group["eps"] = group["keras_eps"] / math.sqrt(1 - group["betas"][1] ** t)
+        return super().step(closure)
+
+
+def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
+    if config.optimizer == "keras-adam":
+        return KerasAdam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+
+
+@torch.no_grad()
+def evaluate(model: Autoencoder, x: Tensor, batch_size: int = 1000, device: torch.device | str | None = None) -> dict[str, float]:
+    """Test metrics of ``model`` on samples ``x``: mse, fvu, l0, mean_activation, frac_zero, dead_units.
+
+    See :mod:`sparseae.metrics` for the definitions.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    acc = Accumulator()
+    for i in range(0, len(x), batch_size):
+        batch = x[i : i + batch_size].to(device)
+        out = model(batch)
+        acc.update(batch, out.recon, out.code)
+    model.train(was_training)
+    return acc.result()
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled sample order of one epoch: a function of (seed, epoch) alone, so resuming needs no state."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def train(
+    model: Autoencoder,
+    data: Dataset,
+    config: TrainConfig = TrainConfig(),
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``data.train`` with Adam, evaluating on ``data.test`` after each epoch.
+
+    Args:
+        model: Any sparseae model; it is trained in place.
+        data: Train and test samples.
+        config: Training settings.
+        out: Run directory to write (must not hold a run already); ``None`` writes nothing.
+        progress: Show a progress bar with the live loss.
+    """
+    check(
+        data.sample_shape == model.input_shape,
+        "data",
+        expected=f"samples the model accepts, of shape {model.input_shape}",
+        got=f"shape {data.sample_shape}",
+        fix="Build the model for this data.",
+    )
+    run_dir = None
+    if out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise SparseAEError(
+                str(run_dir),
+                expected="a new or empty run directory",
+                got="a file" if not run_dir.is_dir() else "a directory that already holds files",
+                fix="Choose another --out, or continue that run with --resume.",
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            run_dir / CONFIG_FILE,
+            {
+                "sparseae_version": sparseae.__version__,
+                "model": {"format": sparseae.io.FORMAT, **model.describe()},
+                "train": to_dict(config),
+                "data": to_dict(data.config) if data.config else None,
+            },
+        )
+    return _fit(model, data, config, run_dir, progress=progress)
+
+
+def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool = True) -> TrainResult:
+    """Continue a run from its last checkpoint; on the CPU the result equals an uninterrupted run.
+
+    ``data`` is needed only when the run was trained on in-memory data.
+    """
+    run_dir = Path(run_dir)
+    run = read_run_config(run_dir)
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise SparseAEError(
+            str(run_dir),
+            expected=f"a run with a {CHECKPOINT_FILE}",
+            got="none (the run stopped before its first epoch ended)",
+            fix="Start the run again in a new directory.",
+        )
+    config = from_dict(TrainConfig, run["train"], f"{run_dir / CONFIG_FILE} train")
+    model = model_from_cfg(run["model"], f"{run_dir / CONFIG_FILE} model")
+    if data is None:
+        if run["data"] is None:
+            raise SparseAEError(
+                str(run_dir),
+                expected="a run whose data sparseae can load again",
+                got="a run trained on in-memory data",
+                fix="Pass the same data: sparseae.resume(run, data=...).",
+            )
+        data = load_data(from_dict(DataConfig, run["data"], f"{run_dir / CONFIG_FILE} data"))
+    return _fit(model, data, config, run_dir, progress=progress, resume=True)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory, checked to be one."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise SparseAEError(
+            str(run_dir),
+            expected=f"a run directory (with {CONFIG_FILE})",
+            got="no such directory" if not run_dir.exists() else f"a directory without {CONFIG_FILE}",
+            fix="Pass a directory written by `sparseae train`.",
+        )
+    run = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(run, dict) or not {"model", "train", "data"} <= set(run):
+        raise SparseAEError(
+            str(run_dir / CONFIG_FILE),
+            expected="a run config with model, train and data entries",
+            got=f"keys {sorted(run) if isinstance(run, dict) else type(run).__name__}",
+            fix="The file is not a sparseae run config.",
+        )
+    return run
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (empty before its first epoch ends)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fit(
+    model: Autoencoder,
+    data: Dataset,
+    config: TrainConfig,
+    run_dir: Path | None,
+    *,
+    progress: bool,
+    resume: bool = False,
+) -> TrainResult:
+    device = pick_device(config.device)
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    n = len(data.train)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    torch.manual_seed(config.seed)
+    epoch, step, history = 0, 0, []
+    if resume:
+        assert run_dir is not None
+        epoch, step = _load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer)
+        history = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
+        atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
+        if step >= total_steps:
+            log.info("run %s had already finished (%d steps)", run_dir, step)
+            return TrainResult(model.eval(), history, run_dir)
+        log.info("resuming %s after epoch %d (step %d)", run_dir, epoch, step)
+
+    while step < total_steps:
+        order = epoch_order(n, config.seed, epoch)
+        epoch_steps = min(steps_per_epoch, total_steps - step)
+        sums = torch.zeros(3, device=device)  # loss, recon, penalty
+        seen = 0
+        bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
+        start = time.perf_counter()
+        for i in range(epoch_steps):
+            x = data.train[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device, non_blocking=True)
+            out = model(x)
+            recon = reconstruction_loss(config.loss, out.recon, x)
+            loss = recon + out.penalty
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([loss, recon, out.penalty]).detach() * len(x)
+            seen += len(x)
+            bar.update()
+            if i % 25 == 0 or i == epoch_steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.4g}")
+        bar.close()
+        elapsed = time.perf_counter() - start
+        step += epoch_steps
+        epoch += 1
+        train_loss, train_recon, train_penalty = (sums / seen).tolist()
+        test = evaluate(model, data.test, config.eval_batch_size, device)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "epoch_time_s": round(elapsed, 3),
+            "samples_per_s": round(seen / elapsed, 1),
+            "train_loss": train_loss,
+            "train_recon": train_recon,
+            "train_penalty": train_penalty,
+            **{f"test_{k}": v for k, v in test.items()},
+            "n_latents": model.n_latents,
+        }
+        history.append(record)
+        log.info(
+            "epoch %d/%d  %.1fs  train loss %.5f  test mse %.5f  fvu %.4f  L0 %.2f  dead %d/%d",
+            epoch, n_epochs, elapsed, train_loss, test["mse"], test["fvu"], test["l0"], test["dead_units"], model.n_latents,
+        )  # fmt: skip
+        if run_dir is not None:
+            with open(run_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch, step)
+            save_model(model, run_dir)
+            save_reconstructions(model, data.test, run_dir / RECONSTRUCTIONS_FILE)
+    return TrainResult(model.eval(), history, run_dir)
+
+
+def save_reconstructions(model: Autoencoder, x: Tensor, path: Path, n: int = 10) -> Path | None:
+    """Write the first ``n`` samples above their reconstructions, for image data."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        return None
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        recon = model.reconstruct(x[:n].to(device))
+    model.train(was_training)
+    return save_image_grid(path, [x[:n], recon])
+
+
+def _save_checkpoint(path: Path, model: Autoencoder, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for index, state in opt["state"].items():
+        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in state.items()})
+    tensors["rng.cpu"] = torch.get_rng_state()
+    meta = {"epoch": epoch, "step": step, "param_groups": opt["param_groups"]}
+    blob = save_safetensors(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"sparseae": json.dumps(meta)},
+    )
+    atomic_write(path, blob)
+
+
+def _load_checkpoint(path: Path, model: Autoencoder, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    raw = path.read_bytes()
+    try:
+        tensors = load_safetensors(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        meta = json.loads(json.loads(raw[8 : 8 + header_len])["__metadata__"]["sparseae"])
+    except Exception as e:  # noqa: BLE001 - any damage reads as one error
+        raise SparseAEError(
+            str(path), expected="a readable checkpoint", got=f"a damaged one ({e})", fix="Start the run again in a new directory."
+        ) from None
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.cpu"])
+    return meta["epoch"], meta["step"]
