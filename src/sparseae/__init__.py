@@ -18,7 +18,7 @@ from sparseae.errors import SparseAEError
 from sparseae.io import load, save_model
 from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, mnist_conv
 from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, register
-from sparseae.train import TrainConfig, TrainResult, evaluate, resume, train
+from sparseae.training import TrainConfig, TrainResult, evaluate, resume, train
 
 __all__ = [
     "Autoencoder",

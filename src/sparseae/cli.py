@@ -26,7 +26,7 @@ from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load
 from sparseae.models import build_preset, list_presets
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
-from sparseae.train import CONFIG_FILE, TrainConfig, evaluate, pick_device, read_run_config, resume, train
+from sparseae.training import CONFIG_FILE, TrainConfig, evaluate, pick_device, read_run_config, resume, train
 
 log = logging.getLogger("sparseae")
 

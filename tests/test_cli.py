@@ -1,0 +1,91 @@
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sparseae
+from sparseae.cli import main
+
+SMALL = ["--train-limit", "512", "--test-limit", "256", "--epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *SMALL, "--out", str(out), "--seed", "2", "--weight", "0.0002"]) == 0
+    return out
+
+
+def test_train_writes_a_run_and_prints_its_figures(run_dir, capsys):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["seed"] == 2 and config["model"]["sparsity"]["params"] == {"weight": 0.0002}
+    assert (run_dir / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
+    assert sparseae.load(run_dir).n_latents == 32
+
+
+def test_train_prints_run_and_metrics(tmp_path, capsys):
+    assert main(["train", *SMALL, "--out", str(tmp_path / "r"), "--sparsity", "none", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"run: {tmp_path / 'r'}" in out and "mse" in out and "dead_units" in out
+
+
+def test_eval_recomputes_the_test_metrics(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    line = next(line for line in out.splitlines() if line.strip().startswith("mse"))
+    assert float(line.split()[1]) == pytest.approx(last["test_mse"], rel=1e-5)
+
+
+def test_encode_default_and_from_file(run_dir, tmp_path, capsys):
+    assert main(["encode", str(run_dir), "--output", str(tmp_path / "codes.npy"), "--quiet"]) == 0
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (256, 32) and codes.dtype == np.float32 and (codes >= 0).all()
+    images = (sparseae.load_mnist().test[:256, 0].numpy() * 255).round().astype(np.uint8)  # (N, 28, 28) uint8
+    np.save(tmp_path / "in.npy", images)
+    assert main(["encode", str(run_dir), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "c2.npy"), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "c2.npy"), codes, atol=1e-5)
+
+
+def test_encode_refuses_to_overwrite(run_dir, tmp_path, capsys):
+    target = tmp_path / "codes.npy"
+    target.write_bytes(b"keep me")
+    assert main(["encode", str(run_dir), "--output", str(target), "--quiet"]) == 2
+    assert "expected a path that does not exist yet" in capsys.readouterr().err and target.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "nowhere"], "nowhere: expected a run or model directory"),
+        (["train", "--batch-size", "0", *SMALL], "batch_size: expected an integer >= 1, got 0"),
+        (["train", "--weight", "-1", *SMALL], "l1 weight: expected a finite number >= 0, got -1.0"),
+        (["train", "--data", "no/such/dir", *SMALL], "no/such/dir: expected a directory of MNIST-layout IDX files"),
+        (["train", "--device", "cuda:7", *SMALL], "device: expected a device this machine has"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_unknown_sparsity_lists_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--sparsity", "topq"])
+    assert e.value.code == 2 and re.search(r"invalid choice: 'topq' \(choose from '?l1'?, '?none'?\)", capsys.readouterr().err)
+
+
+def test_real_cli_process_reports_without_traceback(run_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparseae.cli", "train", "--out", str(run_dir), *SMALL], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "already holds files" in proc.stderr and "Traceback" not in proc.stderr
+    debug = subprocess.run(
+        [sys.executable, "-m", "sparseae.cli", "train", "--out", str(run_dir), "--debug", *SMALL], capture_output=True, text=True
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
