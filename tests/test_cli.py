@@ -46,7 +46,9 @@ def test_encode_default_and_from_file(run_dir, tmp_path, capsys):
     assert codes.shape == (256, 32) and codes.dtype == np.float32 and (codes >= 0).all()
     images = (sparseae.load_mnist().test[:256, 0].numpy() * 255).round().astype(np.uint8)  # (N, 28, 28) uint8
     np.save(tmp_path / "in.npy", images)
-    assert main(["encode", str(run_dir), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "c2.npy"), "--quiet"]) == 0
+    assert (
+        main(["encode", str(run_dir), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "c2.npy"), "--quiet"]) == 0
+    )
     np.testing.assert_allclose(np.load(tmp_path / "c2.npy"), codes, atol=1e-5)
 
 

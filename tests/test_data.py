@@ -78,7 +78,10 @@ def test_missing_directory(tmp_path):
 def test_truncated_data(tmp_path):
     good = idx_bytes(np.zeros((6, 28, 28)))
     write_idx_dir(tmp_path / "d", **{"train-images-idx3-ubyte": good[:-100]})
-    with pytest.raises(sparseae.SparseAEError, match=r"train-images-idx3-ubyte\.gz: expected 4704 data bytes .*got 4604 \(the file is truncated\)"):
+    with pytest.raises(
+        sparseae.SparseAEError,
+        match=r"train-images-idx3-ubyte\.gz: expected 4704 data bytes .*got 4604 \(the file is truncated\)",
+    ):
         sparseae.load_mnist(tmp_path / "d")
 
 
@@ -86,7 +89,9 @@ def test_truncated_gzip(tmp_path):
     write_idx_dir(tmp_path / "d")
     path = tmp_path / "d" / "train-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-30])
-    with pytest.raises(sparseae.SparseAEError, match=r"expected a complete gzip file, got a damaged or truncated one.*Download the file again"):
+    with pytest.raises(
+        sparseae.SparseAEError, match=r"expected a complete gzip file, got a damaged or truncated one.*Download the file again"
+    ):
         sparseae.load_mnist(tmp_path / "d")
 
 
@@ -98,13 +103,18 @@ def test_wrong_magic(tmp_path):
 
 def test_image_label_count_mismatch(tmp_path):
     write_idx_dir(tmp_path / "d", **{"train-labels-idx1-ubyte": idx_bytes(np.zeros(5))})
-    with pytest.raises(sparseae.SparseAEError, match=r"expected one label per image in train-images-idx3-ubyte\.gz \(6\), got 5 labels"):
+    with pytest.raises(
+        sparseae.SparseAEError, match=r"expected one label per image in train-images-idx3-ubyte\.gz \(6\), got 5 labels"
+    ):
         sparseae.load_mnist(tmp_path / "d")
 
 
 def test_checksum_mismatch(tmp_path):
     write_idx_dir(tmp_path / "d")
-    with pytest.raises(sparseae.SparseAEError, match=r"expected uncompressed bytes with sha256 0{64}, got sha256 [0-9a-f]{64}\. The file is corrupted"):
+    with pytest.raises(
+        sparseae.SparseAEError,
+        match=r"expected uncompressed bytes with sha256 0{64}, got sha256 [0-9a-f]{64}\. The file is corrupted",
+    ):
         sparseae.load_mnist(tmp_path / "d", sha256={"train-images-idx3-ubyte": "0" * 64})
 
 

@@ -41,7 +41,7 @@ def test_seed_makes_initialisation_reproducible_without_touching_global_rng():
     state = torch.get_rng_state()
     a, b = sparseae.mnist_conv(seed=5), sparseae.mnist_conv(seed=5)
     assert torch.equal(torch.get_rng_state(), state)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def _tf_reference(model: ConvAutoencoder, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ import sparseae
 import sparseae.training as train_module
 from sparseae.training import KerasAdam
 
-
 STEPS = 300  # batch 128: 0.64 of an epoch on the full 60,000 training digits
 
 
@@ -70,7 +69,14 @@ def test_saved_run_loads_back_with_same_outputs(small, tmp_path):
     assert torch.equal(loaded.encode(x), result.model.encode(x))
     assert torch.equal(loaded.reconstruct(x), result.model.reconstruct(x))
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {"config.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors", "cfg.json", "reconstructions.png"}
+    assert files == {
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "model.safetensors",
+        "cfg.json",
+        "reconstructions.png",
+    }
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"] == {"source": "mnist", "train_limit": 2048, "test_limit": 512}
     assert config["model"]["sparsity"] == {"name": "l1", "params": {"weight": 1e-4}}
@@ -97,13 +103,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(small, tmp_path, monkey
 
     resumed = sparseae.resume(tmp_path / "cut", progress=False)
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert resumed.metrics[-1]["test_mse"] == full.metrics[-1]["test_mse"]
 
 
 def test_existing_run_directory_is_refused_and_left_intact(small, tmp_path):
-    sparseae.train(sparseae.mnist_conv(seed=1), small.subset(256, 64), sparseae.TrainConfig(epochs=1), tmp_path / "run", progress=False)
+    sparseae.train(
+        sparseae.mnist_conv(seed=1), small.subset(256, 64), sparseae.TrainConfig(epochs=1), tmp_path / "run", progress=False
+    )
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with pytest.raises(sparseae.SparseAEError, match=r"expected a new or empty run directory.*--resume"):
         sparseae.train(sparseae.mnist_conv(), small, sparseae.TrainConfig(epochs=1), tmp_path / "run", progress=False)
@@ -128,5 +136,7 @@ def test_bad_train_config(field, value, message):
 
 def test_data_of_wrong_shape(mnist):
     flat = sparseae.Dataset("flat", mnist.train[:10].flatten(1), mnist.test[:10].flatten(1))
-    with pytest.raises(sparseae.SparseAEError, match=r"data: expected samples the model accepts, of shape \(1, 28, 28\), got shape \(784,\)"):
+    with pytest.raises(
+        sparseae.SparseAEError, match=r"data: expected samples the model accepts, of shape \(1, 28, 28\), got shape \(784,\)"
+    ):
         sparseae.train(sparseae.mnist_conv(), flat, progress=False)

@@ -14,8 +14,9 @@ import re
 import sys
 import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 import torch
@@ -86,7 +87,11 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", parents=[common], help="Write the codes of inputs as a .npy file.")
     p.add_argument("run_dir", type=Path, metavar="RUN")
-    p.add_argument("--input", type=Path, help="Inputs as .npy, (N, C, H, W), (N, H, W) or (N, C*H*W); uint8 is scaled by 1/255. Default: the run's test split.")
+    p.add_argument(
+        "--input",
+        type=Path,
+        help="Inputs as .npy, (N, C, H, W), (N, H, W) or (N, C*H*W); uint8 is scaled by 1/255. Default: the run's test split.",
+    )
     p.add_argument("--output", type=Path, required=True, help="Where to write the codes, (N, n_latents) float32.")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
@@ -184,7 +189,11 @@ def _train(args: argparse.Namespace) -> int:
     final = result.metrics[-1] if result.metrics else {}
     print(f"run: {result.run_dir}")
     if final:
-        print(_format_metrics({k[5:]: v for k, v in final.items() if k.startswith("test_")}, f"test metrics after epoch {final['epoch']}"))
+        print(
+            _format_metrics(
+                {k[5:]: v for k, v in final.items() if k.startswith("test_")}, f"test metrics after epoch {final['epoch']}"
+            )
+        )
     return 0
 
 
@@ -222,8 +231,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     if args.output.exists() and not args.overwrite:
-        raise SparseAEError(str(args.output), expected="a path that does not exist yet", got="an existing file", fix="Choose another --output or pass --overwrite.")
-    check(args.output.suffix == ".npy", "--output", expected="a path ending in .npy", got=args.output, fix="Name the file CODES.npy.")
+        raise SparseAEError(
+            str(args.output),
+            expected="a path that does not exist yet",
+            got="an existing file",
+            fix="Choose another --output or pass --overwrite.",
+        )
+    check(
+        args.output.suffix == ".npy",
+        "--output",
+        expected="a path ending in .npy",
+        got=args.output,
+        fix="Name the file CODES.npy.",
+    )
     device = pick_device(args.device)
     model = load(args.run_dir, device)
     x = _run_data(args.run_dir, None).test if args.input is None else _read_inputs(args.input, model.input_shape)
@@ -245,7 +265,9 @@ def _read_inputs(path: Path, shape: tuple[int, ...]) -> Any:
     try:
         x = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
-        raise SparseAEError(str(path), expected="a .npy array of numbers", got=f"an unreadable file ({e})", fix="Save it with numpy.save.") from None
+        raise SparseAEError(
+            str(path), expected="a .npy array of numbers", got=f"an unreadable file ({e})", fix="Save it with numpy.save."
+        ) from None
     check(
         x.dtype.kind in "uif" and x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(shape)),
         str(path),

@@ -55,7 +55,9 @@ def read_json(path: str | Path) -> Any:
     except FileNotFoundError:
         raise SparseAEError(str(path), expected="a JSON file", got="no such file", fix="Check the path.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SparseAEError(str(path), expected="valid JSON", got=f"a parse error ({e})", fix="Repair or remove the file.") from None
+        raise SparseAEError(
+            str(path), expected="valid JSON", got=f"a parse error ({e})", fix="Repair or remove the file."
+        ) from None
 
 
 def write_tensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
@@ -70,7 +72,10 @@ def read_tensors(path: str | Path) -> dict[str, Tensor]:
         return load_safetensors(path.read_bytes())
     except (SafetensorError, ValueError) as e:
         raise SparseAEError(
-            str(path), expected="a valid safetensors file", got=f"an unreadable one ({e})", fix="The file is damaged: re-create it."
+            str(path),
+            expected="a valid safetensors file",
+            got=f"an unreadable one ({e})",
+            fix="The file is damaged: re-create it.",
         ) from None
 
 

@@ -72,7 +72,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             check(value >= 1, name, expected="an integer >= 1", got=value, fix=f"Pass a positive {name}.")
-        check(self.steps is None or self.steps >= 1, "steps", expected="an integer >= 1", got=self.steps, fix="Leave it unset to train by epochs.")
+        check(
+            self.steps is None or self.steps >= 1,
+            "steps",
+            expected="an integer >= 1",
+            got=self.steps,
+            fix="Leave it unset to train by epochs.",
+        )
         for name in ("lr", "adam_eps"):
             value = getattr(self, name)
             check(0 < value < math.inf, name, expected="a finite number > 0", got=value, fix=f"Pass a positive {name}.")
@@ -100,7 +106,9 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SparseAEError("device", expected="auto, cpu, cuda, cuda:N or mps", got=repr(name), fix="Pick one of those.") from None
+        raise SparseAEError(
+            "device", expected="auto, cpu, cuda, cuda:N or mps", got=repr(name), fix="Pick one of those."
+        ) from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     check(
         available.get(device.type, False),

@@ -65,8 +65,7 @@ def parse_idx(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise SparseAEError(
             str(path),
-            expected="an IDX file starting with magic bytes 00 00 <type> <ndim> "
-            "(MNIST images: 00000803, labels: 00000801)",
+            expected="an IDX file starting with magic bytes 00 00 <type> <ndim> (MNIST images: 00000803, labels: 00000801)",
             got=f"first bytes {data[:4].hex() or 'none (empty file)'}",
             fix="Pass an IDX file such as train-images-idx3-ubyte[.gz].",
         )

@@ -129,4 +129,3 @@ def _glorot_zero(module: nn.Module) -> None:
     if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.xavier_uniform_(module.weight)
         nn.init.zeros_(module.bias)
-

@@ -23,7 +23,8 @@ attribute names (as in scikit-learn): that is what save/load and the CLI read.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
