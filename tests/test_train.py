@@ -140,3 +140,23 @@ def test_data_of_wrong_shape(mnist):
         sparseae.SparseAEError, match=r"data: expected samples the model accepts, of shape \(1, 28, 28\), got shape \(784,\)"
     ):
         sparseae.train(sparseae.mnist_conv(), flat, progress=False)
+
+
+def test_resume_reports_a_damaged_checkpoint(small, tmp_path):
+    sparseae.train(sparseae.mnist_conv(seed=1), small.subset(256, 64), sparseae.TrainConfig(epochs=2), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(sparseae.SparseAEError, match=r"checkpoint\.safetensors: expected a valid safetensors file, got an unreadable one"):
+        sparseae.resume(tmp_path / "run", progress=False)
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(sparseae.SparseAEError, match=r"expected a run directory \(with config\.json\), got a directory without config\.json"):
+        sparseae.resume(tmp_path, progress=False)
+
+
+def test_resume_of_a_finished_run_changes_nothing(small, tmp_path):
+    data = small.subset(256, 64)
+    sparseae.train(sparseae.mnist_conv(seed=1), data, sparseae.TrainConfig(epochs=1), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    result = sparseae.resume(tmp_path / "run", progress=False)
+    assert len(result.metrics) == 1 and (tmp_path / "run" / "model.safetensors").read_bytes() == before

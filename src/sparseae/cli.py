@@ -21,13 +21,13 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 import torch
 
-from sparseae._config import coerce, field_docs, from_dict
-from sparseae.data import DataConfig, load_data
+from sparseae._config import coerce, field_docs
+from sparseae.data import DataConfig, Dataset, load_data
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load
 from sparseae.models import build_preset, list_presets
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
-from sparseae.training import CONFIG_FILE, TrainConfig, evaluate, pick_device, read_run_config, resume, train
+from sparseae.training import TrainConfig, evaluate, load_run_data, pick_device, read_run_config, resume, train
 
 log = logging.getLogger("sparseae")
 
@@ -206,18 +206,11 @@ def _default_run_dir(model: str, sparsity: str) -> Path:
     return path
 
 
-def _run_data(run_dir: Path, override: str | None) -> Any:
+def _run_data(run_dir: Path, override: str | None) -> Dataset:
     run = read_run_config(run_dir)
     if override is not None:
         return load_data(DataConfig(override))
-    if run["data"] is None:
-        raise SparseAEError(
-            str(run_dir),
-            expected="a run whose data sparseae can load again",
-            got="a run trained on in-memory data",
-            fix="Pass --data.",
-        )
-    return load_data(from_dict(DataConfig, run["data"], f"{run_dir / CONFIG_FILE} data"))
+    return load_run_data(run_dir, run, fix="Pass --data.")
 
 
 def _eval(args: argparse.Namespace) -> int:

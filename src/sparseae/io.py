@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
@@ -60,17 +59,21 @@ def read_json(path: str | Path) -> Any:
         ) from None
 
 
-def write_tensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
-    atomic_write(path, save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write tensors (moved to the CPU, made contiguous) and string metadata as safetensors, atomically."""
+    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write(path, blob)
 
 
-def read_tensors(path: str | Path) -> dict[str, Tensor]:
+def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the metadata of a safetensors file."""
     path = Path(path)
     if not path.is_file():
         raise SparseAEError(str(path), expected="a safetensors file", got="no such file", fix="Check the path.")
     try:
-        return load_safetensors(path.read_bytes())
-    except (SafetensorError, ValueError) as e:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, ValueError, OSError) as e:
         raise SparseAEError(
             str(path),
             expected="a valid safetensors file",
@@ -114,7 +117,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
             fix="Pass the directory that `sparseae train` printed (a run that finished).",
         )
     model = model_from_cfg(read_json(path / CFG_FILE), str(path / CFG_FILE))
-    load_state(model, read_tensors(path / MODEL_FILE), str(path / MODEL_FILE))
+    load_state(model, read_tensors(path / MODEL_FILE)[0], str(path / MODEL_FILE))
     return model.to(device).eval()
 
 

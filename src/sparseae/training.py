@@ -22,8 +22,6 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -31,7 +29,7 @@ import sparseae
 from sparseae._config import from_dict, to_dict
 from sparseae.data import DataConfig, Dataset, load_data
 from sparseae.errors import SparseAEError, check
-from sparseae.io import atomic_write, model_from_cfg, read_json, save_model, write_json
+from sparseae.io import atomic_write, model_from_cfg, read_json, read_tensors, save_model, write_json, write_tensors
 from sparseae.metrics import Accumulator
 from sparseae.models import Autoencoder
 from sparseae.report import save_image_grid
@@ -243,14 +241,7 @@ def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool =
     config = from_dict(TrainConfig, run["train"], f"{run_dir / CONFIG_FILE} train")
     model = model_from_cfg(run["model"], f"{run_dir / CONFIG_FILE} model")
     if data is None:
-        if run["data"] is None:
-            raise SparseAEError(
-                str(run_dir),
-                expected="a run whose data sparseae can load again",
-                got="a run trained on in-memory data",
-                fix="Pass the same data: sparseae.resume(run, data=...).",
-            )
-        data = load_data(from_dict(DataConfig, run["data"], f"{run_dir / CONFIG_FILE} data"))
+        data = load_run_data(run_dir, run, fix="Pass the same data: sparseae.resume(run, data=...).")
     return _fit(model, data, config, run_dir, progress=progress, resume=True)
 
 
@@ -272,6 +263,15 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
             fix="The file is not a sparseae run config.",
         )
     return run
+
+
+def load_run_data(run_dir: Path, run: dict[str, Any], fix: str) -> Dataset:
+    """The data set a run was trained on, as its ``config.json`` records it."""
+    if run["data"] is None:
+        raise SparseAEError(
+            str(run_dir), expected="a run whose data sparseae can load again", got="a run trained on in-memory data", fix=fix
+        )
+    return load_data(from_dict(DataConfig, run["data"], f"{run_dir / CONFIG_FILE} data"))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -381,22 +381,16 @@ def _save_checkpoint(path: Path, model: Autoencoder, optimizer: torch.optim.Opti
         tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in state.items()})
     tensors["rng.cpu"] = torch.get_rng_state()
     meta = {"epoch": epoch, "step": step, "param_groups": opt["param_groups"]}
-    blob = save_safetensors(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        metadata={"sparseae": json.dumps(meta)},
-    )
-    atomic_write(path, blob)
+    write_tensors(path, tensors, metadata={"sparseae": json.dumps(meta)})
 
 
 def _load_checkpoint(path: Path, model: Autoencoder, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    raw = path.read_bytes()
+    tensors, metadata = read_tensors(path)
     try:
-        tensors = load_safetensors(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        meta = json.loads(json.loads(raw[8 : 8 + header_len])["__metadata__"]["sparseae"])
-    except Exception as e:  # noqa: BLE001 - any damage reads as one error
+        meta = json.loads(metadata["sparseae"])
+    except (KeyError, json.JSONDecodeError):
         raise SparseAEError(
-            str(path), expected="a readable checkpoint", got=f"a damaged one ({e})", fix="Start the run again in a new directory."
+            str(path), expected="a sparseae checkpoint", got="a safetensors file without its metadata", fix="Start the run again."
         ) from None
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
