@@ -1,22 +1,23 @@
 # Two commands do all the set-up on a fresh machine:
-#   make train   create .venv, install sparseae, train the MNIST model (3 epochs)
+#   make train   create .venv, install sparseae, train the MNIST model (3 epochs, seed 1)
 #   make test    create .venv, install sparseae with test tools, run every test
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EPOCHS ?= 3
+# Seed 1 is a typical seed; seed 0 loses 27-28 of 32 code units in Keras and here alike (README, Measured).
+SEED   ?= 1
 
 .PHONY: train test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/sparseae train --epochs $(EPOCHS)
+	$(BIN)/sparseae train --epochs $(EPOCHS) --seed $(SEED)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
