@@ -143,14 +143,20 @@ def test_data_of_wrong_shape(mnist):
 
 
 def test_resume_reports_a_damaged_checkpoint(small, tmp_path):
-    sparseae.train(sparseae.mnist_conv(seed=1), small.subset(256, 64), sparseae.TrainConfig(epochs=2), tmp_path / "run", progress=False)
+    sparseae.train(
+        sparseae.mnist_conv(seed=1), small.subset(256, 64), sparseae.TrainConfig(epochs=2), tmp_path / "run", progress=False
+    )
     (tmp_path / "run" / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(sparseae.SparseAEError, match=r"checkpoint\.safetensors: expected a valid safetensors file, got an unreadable one"):
+    with pytest.raises(
+        sparseae.SparseAEError, match=r"checkpoint\.safetensors: expected a valid safetensors file, got an unreadable one"
+    ):
         sparseae.resume(tmp_path / "run", progress=False)
 
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
-    with pytest.raises(sparseae.SparseAEError, match=r"expected a run directory \(with config\.json\), got a directory without config\.json"):
+    with pytest.raises(
+        sparseae.SparseAEError, match=r"expected a run directory \(with config\.json\), got a directory without config\.json"
+    ):
         sparseae.resume(tmp_path, progress=False)
 
 
