@@ -23,6 +23,7 @@ def l1_and_plain(mnist):
     return runs
 
 
+@pytest.mark.slow
 def test_training_reduces_test_mse_below_bound(l1_and_plain):
     # An untrained model is at about 0.11; the Keras original reaches 0.012-0.016 after one full epoch.
     before, after = l1_and_plain[1e-4]
@@ -30,6 +31,7 @@ def test_training_reduces_test_mse_below_bound(l1_and_plain):
     assert after["test_mse"] < 0.03, after
 
 
+@pytest.mark.slow
 def test_l1_penalty_makes_the_code_sparser(l1_and_plain):
     _, l1 = l1_and_plain[1e-4]
     _, plain = l1_and_plain[0.0]
