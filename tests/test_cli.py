@@ -76,9 +76,20 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
 
 
 def test_unknown_sparsity_lists_choices(capsys):
+    assert main(["train", "--sparsity", "topq", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "sparsity: expected one of batchtopk, jumprelu, kl, l1, none, topk, wta, or module:ClassName for your own, got 'topq'"
+        in err
+    )
+
+
+def test_unknown_model_lists_choices(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train", "--sparsity", "topq"])
-    assert e.value.code == 2 and re.search(r"invalid choice: 'topq' \(choose from '?l1'?, '?none'?\)", capsys.readouterr().err)
+        main(["train", "--model", "convv"])
+    assert e.value.code == 2 and re.search(
+        r"invalid choice: 'convv' \(choose from '?classic'?, '?dense'?, '?mnist-conv'?\)", capsys.readouterr().err
+    )
 
 
 def test_real_cli_process_reports_without_traceback(run_dir, tmp_path):

@@ -8,7 +8,7 @@ from sparseae.sparsity import Sparsity, build_sparsity, get_sparsity, list_spars
 def test_l1_penalty_is_keras_activity_regularizer():
     # Keras: l1(w) adds w * sum(|code|) / batch_size. Here 1e-4 * (1+2+0+3 + 4+0+0+0) / 2 = 5e-4.
     code = torch.tensor([[1.0, 2.0, 0.0, 3.0], [4.0, 0.0, 0.0, 0.0]])
-    assert build_sparsity("l1", weight=1e-4).penalty(code).item() == pytest.approx(5e-4, rel=1e-6)
+    assert build_sparsity("l1", weight=1e-4).penalty(code, code).item() == pytest.approx(5e-4, rel=1e-6)
 
 
 def test_l1_code_is_relu_of_preactivations():
@@ -17,19 +17,21 @@ def test_l1_code_is_relu_of_preactivations():
 
 
 def test_none_has_no_penalty():
-    assert build_sparsity("none").penalty(torch.ones(3, 4)).item() == 0
+    assert build_sparsity("none").penalty(torch.ones(3, 4), torch.ones(3, 4)).item() == 0
 
 
 @pytest.mark.parametrize("name", list_sparsities())
 def test_every_constraint_maps_shapes_and_gives_a_scalar_penalty(name):
     sparsity = build_sparsity(name)
-    code = sparsity(torch.randn(8, 16))
-    assert code.shape == (8, 16) and sparsity.penalty(code).shape == ()
+    sparsity.setup(64)
+    pre = torch.randn(8, 64)
+    code = sparsity(pre)
+    assert code.shape == (8, 64) and sparsity.penalty(code, pre).shape == ()
     assert build_sparsity(name, **sparsity.get_params()).get_params() == sparsity.get_params()
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(sparseae.SparseAEError, match=r"sparsity: expected one of l1, none, got 'topq'"):
+    with pytest.raises(sparseae.SparseAEError, match=r"sparsity: expected one of batchtopk, jumprelu, kl, l1, none, topk, wta, or module:ClassName for your own, got 'topq'"):
         get_sparsity("topq")
 
 

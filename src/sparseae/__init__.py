@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 from sparseae.data import DataConfig, Dataset, load_data, load_mnist
 from sparseae.errors import SparseAEError
 from sparseae.io import load, save_model
-from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, mnist_conv
+from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig, build_preset, mnist_conv
 from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, register
 from sparseae.training import TrainConfig, TrainResult, evaluate, resume, train
 
@@ -25,11 +25,14 @@ __all__ = [
     "ConvAutoencoder",
     "ConvConfig",
     "DataConfig",
+    "DenseAutoencoder",
+    "DenseConfig",
     "Dataset",
     "SparseAEError",
     "Sparsity",
     "TrainConfig",
     "TrainResult",
+    "build_preset",
     "build_sparsity",
     "evaluate",
     "list_sparsities",

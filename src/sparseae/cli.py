@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import io
 import logging
 import re
@@ -24,8 +25,9 @@ import torch
 from sparseae._config import coerce, field_docs
 from sparseae.data import DataConfig, Dataset, load_data
 from sparseae.errors import SparseAEError, check
-from sparseae.io import atomic_write, load
-from sparseae.models import build_preset, list_presets
+from sparseae.io import atomic_write, load, read_json
+from sparseae.models import build_preset, get_preset, list_presets
+from sparseae.models.presets import Preset
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
 from sparseae.training import TrainConfig, evaluate, load_run_data, pick_device, read_run_config, resume, train
 
@@ -60,23 +62,22 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="Train a model (default: the Keras MNIST model).", description=_train_doc)
     p.add_argument("--model", default="mnist-conv", choices=list_presets(), help="Model to build (default: %(default)s).")
-    p.add_argument("--sparsity", default="l1", choices=list_sparsities(), help="Sparsity constraint (default: %(default)s).")
-    sparsity = _chosen_sparsity(argv)
-    group = p.add_argument_group(f"{sparsity} hyperparameters", "Run with --sparsity NAME --help to see another constraint's.")
-    for name, (kind, default, doc) in _hyperparameters(sparsity).items():
-        group.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=f"hp_{name}",
-            metavar=name.upper(),
-            type=kind,
-            default=default,
-            help=f"{doc} (default: {default})",
-        )
+    p.add_argument(
+        "--sparsity",
+        help="Sparsity constraint: one of " + ", ".join(list_sparsities()) + ", or module:ClassName for your own "
+        "(default: the model's own: l1 for mnist-conv, topk for dense, kl for classic).",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE.json", help="Default values for any of these flags, as a JSON object.")
+    model, sparsity = _chosen(argv)
+    preset = get_preset(model)
+    _add_model_args(p.add_argument_group(f"{model} model", preset.doc), preset)
+    _add_sparsity_args(p, preset, sparsity)
     _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
-    _add_dataclass_args(p.add_argument_group("training"), TrainConfig)
+    _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
     p.add_argument("--out", type=Path, help="Run directory to create (default: runs/<time>-<model>-<sparsity>).")
     p.add_argument("--resume", type=Path, metavar="RUN", help="Continue RUN from its last checkpoint (other flags are ignored).")
     p.set_defaults(run=_train)
+    _apply_config_file(p, argv)
 
     p = sub.add_parser("eval", parents=[common], help="Recompute a run's test metrics.")
     p.add_argument("run_dir", type=Path, metavar="RUN")
@@ -105,64 +106,147 @@ model.safetensors + cfg.json, checkpoint.safetensors, reconstructions.png).
 With no arguments: the Keras blog's convolutional sparse autoencoder on MNIST."""
 
 
-def _chosen_sparsity(argv: list[str]) -> str:
+def _chosen(argv: list[str]) -> tuple[str, str]:
+    """The --model and --sparsity on the command line (or their defaults), read before the full parse."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--sparsity", default="l1")
-    name = pre.parse_known_args(argv)[0].sparsity
-    return name if name in list_sparsities() else "l1"  # argparse reports the bad choice
+    pre.add_argument("--model", default="mnist-conv")
+    pre.add_argument("--sparsity")
+    known = pre.parse_known_args(argv)[0]
+    model = known.model if known.model in list_presets() else "mnist-conv"  # argparse reports a bad choice
+    return model, known.sparsity or get_preset(model).sparsity
+
+
+def _add_model_args(group: Any, preset: Preset) -> None:
+    cls = preset.model.config_class
+    data_fields = set(preset.data_fields(_EXAMPLE_SHAPES[preset.model.kind]))
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data_fields:
+            continue
+        default = preset.defaults.get(f.name, f.default)
+        _add_flag(group, f.name, f"model.{f.name}", hints[f.name], default, docs.get(f.name, ""))
+
+
+_EXAMPLE_SHAPES = {"conv": (1, 28, 28), "dense": (784,)}
+
+
+def _add_sparsity_args(parser: argparse.ArgumentParser, preset: Preset, name: str) -> None:
+    try:
+        hyper = _hyperparameters(name)
+    except SparseAEError:
+        return  # reported when the model is built
+    group = parser.add_argument_group(f"{name} hyperparameters", "Run with --sparsity NAME --help to see another constraint's.")
+    defaults = preset.sparsity_params if name == preset.sparsity else {}
+    for key, (hint, default, doc) in hyper.items():
+        _add_flag(group, key, f"hp.{key}", hint, defaults.get(key, default), doc)
+
+
+def _add_flag(group: Any, name: str, dest: str, hint: Any, default: Any, doc: str) -> None:
+    flag = f"--{name.replace('_', '-')}"
+    choices = list(get_args(hint)) if get_origin(hint) is Literal else None
+    group.add_argument(
+        flag,
+        dest=dest,
+        metavar=None if choices else name.upper(),
+        type=_arg_type(hint, flag),
+        choices=choices,
+        default=default,
+        help=f"{doc} (default: {default})",
+    )
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Make the values in ``--config FILE.json`` the defaults of the matching flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    path = pre.parse_known_args(argv)[0].config
+    if path is None:
+        return
+    values = read_json(path)
+    check(isinstance(values, dict), str(path), expected="a JSON object of flag names and values", got=type(values).__name__,
+          fix='For example {"k": 32, "epochs": 5}.')  # fmt: skip
+    by_flag = {a.option_strings[0].lstrip("-").replace("-", "_"): a for a in parser._actions if a.option_strings}
+    defaults = {}
+    for key, value in values.items():
+        action = by_flag.get(key.replace("-", "_"))
+        if action is None or key in ("config", "help", "resume"):
+            raise SparseAEError(
+                f"{path}: key {key!r}",
+                expected=f"a flag of this command, one of {', '.join(sorted(set(by_flag) - {'config', 'help', 'resume'}))}",
+                got=repr(key),
+                fix="Remove or rename the key.",
+            )
+        defaults[action.dest] = action.type(str(value)) if action.type and not isinstance(value, bool) else value
+    parser.set_defaults(**defaults)
 
 
 def _hyperparameters(name: str) -> dict[str, tuple[Any, Any, str]]:
-    """Per hyperparameter of constraint ``name``: (argparse type, default, help from the docstring)."""
+    """Per hyperparameter of constraint ``name``: (type hint, default, help from the docstring)."""
     cls = get_sparsity(name)
     docs = _docstring_args(cls.__doc__ or "")
+    hints = typing.get_type_hints(cls.__init__)
     out = {}
     for key, param in cls.hyperparameters().items():
         default = None if param.default is param.empty else param.default
-        hint = typing.get_type_hints(cls.__init__).get(key, str)
-        out[key] = (_arg_type(hint, f"--{key}"), default, docs.get(key, ""))
+        out[key] = (hints.get(key, str), default, docs.get(key, ""))
     return out
 
 
 def _docstring_args(doc: str) -> dict[str, str]:
     """The entries of a Google-style ``Args:`` section."""
+    doc = inspect.cleandoc(doc)
     section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
-    entries = re.findall(r"^\s{4,}(\w+):\s*(.+(?:\n\s{8,}.+)*)", section, flags=re.M)
+    entries = re.findall(r"^ {4}(\w+):\s*(.+(?:\n {8,}.+)*)", section, flags=re.M)
     return {name: " ".join(text.split()) for name, text in entries}
 
 
 def _arg_type(hint: Any, flag: str) -> Any:
     """An argparse ``type`` that parses a string into ``hint`` with a clear error."""
     args = [a for a in get_args(hint) if a is not type(None)]
-    base = args[0] if get_origin(hint) is not Literal and args else hint
-    kind = {int: int, float: float}.get(base, str)
+    base = args[0] if get_origin(hint) not in (Literal, tuple) and args else hint
+    if get_origin(base) is tuple:
+        kind: Any = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+        kind.__name__ = "comma-separated integers"
+    elif base is bool:
+        kind = _parse_bool
+    else:
+        kind = {int: int, float: float}.get(base, str)
 
     def parse(text: str) -> Any:
+        if text.lower() == "none" and type(None) in get_args(hint):
+            return None
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        return coerce(value, hint, flag)
+        try:
+            return coerce(value, hint, flag)
+        except SparseAEError as e:
+            raise argparse.ArgumentTypeError(f"expected {e.expected}, got {text!r}") from None
 
     parse.__name__ = kind.__name__
     return parse
 
 
-def _add_dataclass_args(parser: Any, cls: type, rename: dict[str, str] | None = None) -> None:
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(text)
+
+
+_parse_bool.__name__ = "true or false"
+
+
+def _add_dataclass_args(
+    parser: Any, cls: type, rename: dict[str, str] | None = None, defaults: dict[str, Any] | None = None
+) -> None:
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        flag = (rename or {}).get(field.name, field.name).replace("_", "-")
-        hint = hints[field.name]
-        choices = list(get_args(hint)) if get_origin(hint) is Literal else None
-        parser.add_argument(
-            f"--{flag}",
-            dest=f"{cls.__name__}.{field.name}",
-            metavar=None if choices else field.name.upper(),
-            type=_arg_type(hint, f"--{flag}"),
-            choices=choices,
-            default=field.default,
-            help=f"{docs.get(field.name, '')} (default: {field.default})",
-        )
+    for f in dataclasses.fields(cls):
+        name = (rename or {}).get(f.name, f.name)
+        default = (defaults or {}).get(f.name, f.default)
+        _add_flag(parser, name, f"{cls.__name__}.{f.name}", hints[f.name], default, docs.get(f.name, ""))
 
 
 def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -180,10 +264,10 @@ def _train(args: argparse.Namespace) -> int:
         if data_config.source != "mnist":
             data_config = dataclasses.replace(data_config, source=str(Path(data_config.source).resolve()))
         data = load_data(data_config)
-        params = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_")}
-        sparsity = build_sparsity(args.sparsity, **params)
-        model = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed)
-        out = args.out or _default_run_dir(args.model, args.sparsity)
+        name = args.sparsity or get_preset(args.model).sparsity
+        sparsity = build_sparsity(name, **_prefixed(args, "hp."))
+        model = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed, **_prefixed(args, "model."))
+        out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
         log.info("training %s (%s) on %s -> %s", args.model, sparsity.extra_repr() or args.sparsity, data.name, out)
         result = train(model, data, config, out, progress=progress)
     final = result.metrics[-1] if result.metrics else {}
@@ -195,6 +279,10 @@ def _train(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _prefixed(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 def _default_run_dir(model: str, sparsity: str) -> Path:

@@ -38,6 +38,8 @@ log = logging.getLogger("sparseae")
 
 CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
+PREPARE_SAMPLES = 10_000
+"""Training samples shown to ``model.prepare`` (data-dependent initialisation) before the first step."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,10 @@ class TrainConfig:
     correction, which damps the first steps); 'adam': torch.optim.Adam."""
     adam_eps: float = 1e-7
     """Adam epsilon; 1e-7 is Keras' default (PyTorch's is 1e-8)."""
-    loss: Literal["mse", "bce"] = "mse"
-    """Reconstruction loss: mean squared error, or binary cross-entropy (outputs clipped to [1e-7, 1-1e-7] as in Keras)."""
+    loss: Literal["mse", "bce", "half_sse"] = "mse"
+    """Reconstruction loss: 'mse' (mean over every element), 'bce' (binary cross-entropy,
+    outputs clipped to [1e-7, 1-1e-7] as in Keras), or 'half_sse' (half the squared
+    error summed over an example's features, averaged over examples: Ng's J)."""
     seed: int = 0
     """Seeds the data order (and the model's initialisation, from the CLI)."""
     device: str = "auto"
@@ -119,9 +123,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def reconstruction_loss(kind: str, recon: Tensor, x: Tensor) -> Tensor:
-    """Mean over elements, as Keras' ``mse`` and ``binary_crossentropy`` reduce an image batch."""
+    """'mse' and 'bce' average over elements, as Keras reduces an image batch; 'half_sse' is Ng's."""
     if kind == "bce":
         return F.binary_cross_entropy(recon.clamp(1e-7, 1 - 1e-7), x)
+    if kind == "half_sse":
+        return 0.5 * (recon - x).square().sum() / len(x)
     return F.mse_loss(recon, x)
 
 
@@ -309,11 +315,13 @@ def _fit(
             log.info("run %s had already finished (%d steps)", run_dir, step)
             return TrainResult(model.eval(), history, run_dir)
         log.info("resuming %s after epoch %d (step %d)", run_dir, epoch, step)
+    else:
+        model.prepare(data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device))
 
     while step < total_steps:
         order = epoch_order(n, config.seed, epoch)
         epoch_steps = min(steps_per_epoch, total_steps - step)
-        sums = torch.zeros(3, device=device)  # loss, recon, penalty
+        sums = torch.zeros(4, device=device)  # loss, recon, penalty, aux
         seen = 0
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         start = time.perf_counter()
@@ -321,11 +329,13 @@ def _fit(
             x = data.train[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device, non_blocking=True)
             out = model(x)
             recon = reconstruction_loss(config.loss, out.recon, x)
-            loss = recon + out.penalty
+            loss = recon + out.penalty + out.aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            model.before_step()
             optimizer.step()
-            sums += torch.stack([loss, recon, out.penalty]).detach() * len(x)
+            model.after_step()
+            sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
             seen += len(x)
             bar.update()
             if i % 25 == 0 or i == epoch_steps - 1:
@@ -334,7 +344,7 @@ def _fit(
         elapsed = time.perf_counter() - start
         step += epoch_steps
         epoch += 1
-        train_loss, train_recon, train_penalty = (sums / seen).tolist()
+        train_loss, train_recon, train_penalty, train_aux = (sums / seen).tolist()
         test = evaluate(model, data.test, config.eval_batch_size, device)
         record = {
             "epoch": epoch,
@@ -344,6 +354,7 @@ def _fit(
             "train_loss": train_loss,
             "train_recon": train_recon,
             "train_penalty": train_penalty,
+            "train_aux": train_aux,
             **{f"test_{k}": v for k, v in test.items()},
             "n_latents": model.n_latents,
         }

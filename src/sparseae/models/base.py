@@ -21,13 +21,17 @@ class ModelOutput(NamedTuple):
     """Sparse code, ``(B, n_latents)``."""
     penalty: Tensor
     """Scalar sparsity penalty for this batch, added to the loss."""
+    aux: Tensor
+    """Scalar auxiliary loss of the model (AuxK, weight decay), added to the loss."""
 
 
 class Autoencoder(nn.Module):
     """An encoder to pre-activations, a sparsity constraint, a decoder.
 
     Subclasses set ``config_class``, build their layers from ``config`` and
-    implement :meth:`pre_activations` and :meth:`decode`.
+    implement :meth:`pre_activations` and :meth:`decode`. The trainer also
+    calls :meth:`prepare` once before training, and :meth:`before_step` /
+    :meth:`after_step` around every optimizer step.
     """
 
     kind: str = ""
@@ -38,6 +42,7 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
         self.sparsity = sparsity
+        sparsity.setup(config.n_latents)
 
     @property
     def n_latents(self) -> int:
@@ -61,8 +66,23 @@ class Autoencoder(nn.Module):
         return self.sparsity(self.pre_activations(x))
 
     def forward(self, x: Tensor) -> ModelOutput:
-        code = self.encode(x)
-        return ModelOutput(self.decode(code), code, self.sparsity.penalty(code))
+        pre = self.pre_activations(x)
+        code = self.sparsity(pre)
+        recon = self.decode(code)
+        return ModelOutput(recon, code, self.sparsity.penalty(code, pre), self.auxiliary_loss(x, pre, code, recon))
+
+    def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
+        """Extra loss terms of the model itself; zero by default."""
+        return recon.new_zeros(())
+
+    def prepare(self, x: Tensor) -> None:
+        """Data-dependent initialisation from a sample of training inputs; nothing by default."""
+
+    def before_step(self) -> None:
+        """After the backward pass, before the optimizer step (e.g. edit gradients)."""
+
+    def after_step(self) -> None:
+        """After the optimizer step (e.g. renormalise weights)."""
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """``decode(encode(x))``."""

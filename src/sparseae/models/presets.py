@@ -1,9 +1,14 @@
-"""Named, ready-made models: what ``sparseae train --model NAME`` builds."""
+"""Named, ready-made models: what ``sparseae train --model NAME`` builds.
+
+A preset is a model class, the config defaults that make it what it is, the
+fields it reads off the data, and its usual sparsity constraint.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,32 +16,56 @@ import torch
 from sparseae.errors import SparseAEError
 from sparseae.models.base import Autoencoder
 from sparseae.models.conv import ConvAutoencoder, ConvConfig
+from sparseae.models.dense import DenseAutoencoder
 from sparseae.sparsity import Sparsity, build_sparsity
 
-Preset = Callable[[tuple[int, ...], Sparsity], Autoencoder]
 
-_PRESETS: dict[str, Preset] = {}
-
-
-def _preset(name: str) -> Callable[[Preset], Preset]:
-    def add(fn: Preset) -> Preset:
-        _PRESETS[name] = fn
-        return fn
-
-    return add
-
-
-@_preset("mnist-conv")
-def _mnist_conv(sample_shape: tuple[int, ...], sparsity: Sparsity) -> Autoencoder:
-    """The Keras blog's convolutional sparse autoencoder, sized to the images."""
-    if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+def _image_fields(shape: tuple[int, ...]) -> dict[str, Any]:
+    if len(shape) != 3 or shape[1] != shape[2]:
         raise SparseAEError(
-            "mnist-conv model",
-            expected="square images of shape (channels, size, size)",
-            got=f"samples of shape {sample_shape}",
-            fix="Use image data such as MNIST, or another model.",
+            "model",
+            expected="square images of shape (channels, size, size) for a convolutional model",
+            got=f"samples of shape {shape}",
+            fix="Use image data such as MNIST, or --model dense.",
         )
-    return ConvAutoencoder(ConvConfig(in_channels=sample_shape[0], image_size=sample_shape[1]), sparsity)
+    return {"in_channels": shape[0], "image_size": shape[1]}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model class with its defaults."""
+
+    model: type[Autoencoder]
+    data_fields: Callable[[tuple[int, ...]], dict[str, Any]]
+    """The config fields read off the data's sample shape."""
+    sparsity: str
+    sparsity_params: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Config fields that differ from the config class's own defaults."""
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields this model is usually trained with (the CLI's defaults)."""
+    doc: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "mnist-conv": Preset(
+        ConvAutoencoder, _image_fields, "l1", {"weight": 1e-4},
+        doc="The Keras blog's convolutional sparse autoencoder (L1 1e-4 on a 32-unit code).",
+    ),
+    "dense": Preset(
+        DenseAutoencoder, lambda shape: {"input_shape": tuple(shape)}, "topk", {"k": 32},
+        defaults={"aux_k": 256},
+        train_defaults={"optimizer": "adam", "adam_eps": 1e-8},
+        doc="Dictionary-learning SAE: pre-encoder bias, unit-norm decoder, tied init, TopK, AuxK.",
+    ),
+    "classic": Preset(
+        DenseAutoencoder, lambda shape: {"input_shape": tuple(shape)}, "kl", {"rho": 0.1, "beta": 3.0},
+        defaults={"n_latents": 196, "pre_bias": "none", "unit_norm_decoder": False, "tied_init": False,
+                  "weight_decay": 3e-3, "output_activation": "sigmoid"},
+        train_defaults={"loss": "half_sse", "lr": 3e-3},
+        doc="Ng's sparse autoencoder (CS294A): sigmoid units, KL sparsity, weight decay; 784-196 for MNIST.",
+    ),
+}  # fmt: skip
 
 
 @contextmanager
@@ -49,35 +78,46 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 def list_presets() -> list[str]:
-    return sorted(_PRESETS)
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise SparseAEError("model", expected=f"one of {', '.join(list_presets())}", got=repr(name), fix="Pick a listed model.")
+    return PRESETS[name]
 
 
 def build_preset(
     name: str,
     sample_shape: tuple[int, ...],
-    sparsity: Sparsity,
+    sparsity: Sparsity | None = None,
     seed: int | None = None,
+    **config: Any,
 ) -> Autoencoder:
-    """The preset ``name`` for samples of ``sample_shape``; initialised from ``seed`` if given."""
-    if name not in _PRESETS:
-        raise SparseAEError(
-            "model",
-            expected=f"one of {', '.join(list_presets())}",
-            got=repr(name),
-            fix="Pick a listed model.",
-        )
+    """The preset ``name`` for samples of ``sample_shape``, initialised from ``seed`` if given.
+
+    Args:
+        sparsity: The constraint on the code (default: the preset's own).
+        **config: Overrides of the model's config fields, e.g. ``n_latents=4096``.
+    """
+    preset = get_preset(name)
+    if sparsity is None:
+        sparsity = build_sparsity(preset.sparsity, **preset.sparsity_params)
+    fields = {**preset.defaults, **config, **preset.data_fields(tuple(sample_shape))}
     with seeded(seed):
-        return _PRESETS[name](sample_shape, sparsity)
+        return preset.model(preset.model.config_class(**fields), sparsity)
 
 
-def mnist_conv(weight: float = 1e-4, *, seed: int | None = 0, **config: Any) -> ConvAutoencoder:
+def mnist_conv(weight: float = 1e-4, *, seed: int | None = 0, sparsity: Sparsity | None = None, **config: Any) -> ConvAutoencoder:
     """The classic convolutional sparse autoencoder for MNIST (Keras blog), 130,017 parameters.
 
     Args:
         weight: L1 activity penalty weight on the 32-unit code (Keras ``l1(10e-5)``);
             0 gives the same model without the penalty.
         seed: Seeds the initialisation (``None``: use the global RNG).
+        sparsity: Another constraint on the code instead of L1 (``weight`` is then ignored).
         **config: Overrides of :class:`ConvConfig` fields, e.g. ``padding="torch"``.
     """
+    sparsity = sparsity or build_sparsity("l1", weight=weight)
     with seeded(seed):
-        return ConvAutoencoder(ConvConfig(**config), build_sparsity("l1", weight=weight))
+        return ConvAutoencoder(ConvConfig(**config), sparsity)

@@ -1,6 +1,12 @@
-"""Sparsity constraints, one file each, found through one registry."""
+"""Sparsity constraints, one file each, found through one registry.
 
-from sparseae.sparsity import l1, none  # noqa: F401  (each module registers itself)
+Every module in this package is imported here, and each registers itself: a new
+constraint is one new file.
+"""
+
+import importlib
+import pkgutil
+
 from sparseae.sparsity.base import (
     Sparsity,
     build_sparsity,
@@ -8,5 +14,8 @@ from sparseae.sparsity.base import (
     list_sparsities,
     register,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Sparsity", "build_sparsity", "get_sparsity", "list_sparsities", "register"]

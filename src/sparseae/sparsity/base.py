@@ -13,15 +13,21 @@ one-file job::
         def forward(self, pre):           # (B, n_latents) -> (B, n_latents)
             return torch.relu(pre)
 
-        def penalty(self, code):          # (B, n_latents) -> scalar
+        def penalty(self, code, pre):     # -> scalar
             return self.weight * code.abs().sum() / code.shape[0]
 
 Hyperparameters are the ``__init__`` keyword arguments, stored under the same
 attribute names (as in scikit-learn): that is what save/load and the CLI read.
+A constraint that needs the code size (per-unit thresholds, say) builds its
+parameters in :meth:`Sparsity.setup`, which the model calls once.
+
+A constraint outside sparseae is named ``"package.module:ClassName"``; it is
+imported on use, so the CLI and saved models find it without registration.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -41,8 +47,11 @@ class Sparsity(nn.Module):
         """The code for pre-activations ``pre`` of shape ``(B, n_latents)``."""
         raise NotImplementedError
 
-    def penalty(self, code: Tensor) -> Tensor:
-        """Scalar added to the loss for a batch of codes; zero by default."""
+    def setup(self, n_latents: int) -> None:
+        """Called once by the model with the code size: validate, build per-unit parameters."""
+
+    def penalty(self, code: Tensor, pre: Tensor) -> Tensor:
+        """Scalar added to the loss for a batch of codes (and their pre-activations); zero by default."""
         return code.new_zeros(())
 
     @classmethod
@@ -83,16 +92,40 @@ def list_sparsities() -> list[str]:
 
 
 def get_sparsity(name: str) -> type[Sparsity]:
-    """The constraint class registered as ``name``."""
+    """The constraint class registered as ``name``, or imported from ``"module:ClassName"``."""
+    if ":" in name:
+        return _import_sparsity(name)
     try:
         return _REGISTRY[name]
     except KeyError:
         raise SparseAEError(
             "sparsity",
-            expected=f"one of {', '.join(list_sparsities())}",
+            expected=f"one of {', '.join(list_sparsities())}, or module:ClassName for your own",
             got=repr(name),
             fix="Pick a registered constraint.",
         ) from None
+
+
+def _import_sparsity(name: str) -> type[Sparsity]:
+    module_name, _, attr = name.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise SparseAEError(
+            "sparsity",
+            expected="module:ClassName naming an importable Sparsity subclass",
+            got=f"{name!r} ({e})",
+            fix="Check the spelling, and that the module is on PYTHONPATH (or installed).",
+        ) from None
+    if not (isinstance(obj, type) and issubclass(obj, Sparsity)):
+        raise SparseAEError(
+            "sparsity",
+            expected="a subclass of sparseae.Sparsity",
+            got=f"{name!r}, a {type(obj).__name__}",
+            fix="Subclass sparseae.Sparsity (see its docstring for a ten-line example).",
+        )
+    obj.name = name
+    return obj
 
 
 def build_sparsity(name: str, **params: Any) -> Sparsity:
@@ -120,3 +153,35 @@ def check_weight(value: float, what: str) -> float:
             fix="Use 0 to switch the penalty off.",
         )
     return float(value)
+
+
+def check_positive(value: float, what: str) -> float:
+    """A finite number > 0."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+        raise SparseAEError(what, expected="a finite number > 0", got=repr(value), fix="Pass a positive number.")
+    return float(value)
+
+
+def check_positive_int(value: int, what: str) -> int:
+    """An integer >= 1."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise SparseAEError(what, expected="an integer >= 1", got=repr(value), fix="Pass a positive whole number.")
+    return value
+
+
+def check_open_unit(value: float, what: str) -> float:
+    """A number strictly between 0 and 1."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
+        raise SparseAEError(what, expected="a number strictly between 0 and 1", got=repr(value), fix="For example 0.05.")
+    return float(value)
+
+
+def check_k(k: int, n_latents: int, what: str) -> None:
+    """``k`` active units must fit in the code."""
+    if k > n_latents:
+        raise SparseAEError(
+            what,
+            expected=f"k at most the code size ({n_latents})",
+            got=f"k = {k}",
+            fix="Lower k or use more latents.",
+        )

@@ -29,5 +29,5 @@ class L1(Sparsity):
     def forward(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
-    def penalty(self, code: Tensor) -> Tensor:
+    def penalty(self, code: Tensor, pre: Tensor) -> Tensor:
         return self.weight * code.abs().sum() / code.shape[0]

@@ -1,0 +1,160 @@
+"""Dense sparse autoencoders: today's dictionary-learning SAE, and Ng's classic network."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from sparseae.errors import check
+from sparseae.models.base import Autoencoder, register_model
+from sparseae.sparsity import Sparsity
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """A dense ``d_in -> n_latents -> d_in`` autoencoder and its training aids."""
+
+    input_shape: tuple[int, ...] = (784,)
+    """Shape of one input; it is flattened to d_in = prod(input_shape)."""
+    n_latents: int = 1024
+    """Size of the code (the dictionary)."""
+    pre_bias: Literal["median", "mean", "zeros", "none"] = "median"
+    """Bias subtracted before encoding and added back after decoding, initialised to the
+    training data's geometric median or mean (or zeros); 'none': no such bias."""
+    unit_norm_decoder: bool = True
+    """Keep every decoder column at unit norm: the gradient's component along each
+    column is removed before the step, and the columns are renormalised after it."""
+    tied_init: bool = True
+    """Start the encoder as the decoder transposed (else Glorot-uniform)."""
+    aux_k: int = 0
+    """AuxK (Gao et al. 2024): the aux_k largest pre-activations of dead latents must
+    reconstruct the residual; 0 switches it off."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss."""
+    dead_window: int = 1_000_000
+    """A latent is dead after this many training samples without firing."""
+    weight_decay: float = 0.0
+    """(weight_decay / 2) * sum of squared weights (not biases) is added to the loss, as in Ng's notes."""
+    output_activation: Literal["none", "sigmoid", "relu"] = "none"
+    """Activation of the reconstruction; Ng's MNIST network uses sigmoid."""
+
+    def __post_init__(self) -> None:
+        check(self.n_latents >= 1, "n_latents", expected="an integer >= 1", got=self.n_latents, fix="Use a positive code size.")
+        check(self.aux_k >= 0, "aux_k", expected="an integer >= 0", got=self.aux_k, fix="Use 0 to switch AuxK off.")
+        check(self.dead_window >= 1, "dead_window", expected="an integer >= 1", got=self.dead_window, fix="Count samples.")
+        for name in ("aux_coef", "weight_decay"):
+            value = getattr(self, name)
+            check(0 <= value < math.inf, name, expected="a finite number >= 0", got=value, fix="Use 0 to switch it off.")
+
+    @property
+    def d_in(self) -> int:
+        return math.prod(self.input_shape)
+
+
+_OUTPUT = {"none": nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
+@register_model("dense")
+class DenseAutoencoder(Autoencoder):
+    """``code = sparsity(W_enc (x - b_pre) + b_enc)``, ``recon = W_dec code + b_pre``.
+
+    ``W_dec`` is ``(d_in, n_latents)``: column j is latent j's dictionary atom.
+    Without a pre-encoder bias (``pre_bias="none"``) the decoder has a bias of its own.
+    """
+
+    config_class = DenseConfig
+    samples_since_fired: Tensor
+
+    def __init__(self, config: DenseConfig, sparsity: Sparsity):
+        super().__init__(config, sparsity)
+        c = config
+        d, n = c.d_in, c.n_latents
+        self.encoder = nn.Linear(d, n)
+        self.W_dec = nn.Parameter(torch.empty(d, n))
+        self.b_pre = nn.Parameter(torch.zeros(d))  # pre-encoder bias, or the decoder's bias when pre_bias="none"
+        self.output = _OUTPUT[c.output_activation]()
+        self.register_buffer("samples_since_fired", torch.zeros(n, dtype=torch.long))
+        nn.init.zeros_(self.encoder.bias)
+        if c.unit_norm_decoder or c.tied_init:
+            nn.init.normal_(self.W_dec)
+            self.W_dec.data /= self.W_dec.data.norm(dim=0, keepdim=True)
+        else:
+            nn.init.xavier_uniform_(self.W_dec)
+        if c.tied_init:
+            self.encoder.weight.data.copy_(self.W_dec.data.T)
+        else:
+            nn.init.xavier_uniform_(self.encoder.weight)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.config.input_shape
+
+    def _centre(self) -> Tensor:
+        return self.b_pre if self.config.pre_bias != "none" else self.b_pre.new_zeros(())
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        return self.encoder(x.flatten(1) - self._centre())  # (B, n_latents)
+
+    def decode(self, code: Tensor) -> Tensor:
+        out = self.output(code @ self.W_dec.T + self.b_pre)  # (B, d_in)
+        return out.view(-1, *self.config.input_shape)
+
+    def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
+        c = self.config
+        loss = recon.new_zeros(())
+        if c.weight_decay:
+            loss = loss + 0.5 * c.weight_decay * (self.encoder.weight.square().sum() + self.W_dec.square().sum())
+        if not self.training:
+            return loss
+        with torch.no_grad():
+            self.samples_since_fired += len(code)
+            self.samples_since_fired[(code != 0).any(0)] = 0
+        dead = self.samples_since_fired >= c.dead_window  # (n_latents,)
+        if c.aux_k and dead.any():
+            k = min(c.aux_k, int(dead.sum()))
+            values, indices = pre.masked_fill(~dead, -torch.inf).topk(k, dim=-1, sorted=False)  # (B, k)
+            aux_code = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
+            residual = (x - recon).flatten(1).detach()  # what the live latents miss
+            aux_recon = aux_code @ self.W_dec.T  # (B, d_in)
+            scale = (residual - residual.mean(0)).square().sum().clamp(min=1e-12)
+            loss = loss + c.aux_coef * (aux_recon - residual).square().sum() / scale
+        return loss
+
+    @torch.no_grad()
+    def prepare(self, x: Tensor) -> None:
+        """Set the pre-encoder bias to the geometric median (or mean) of ``x``."""
+        x = x.flatten(1).to(self.b_pre)
+        if self.config.pre_bias == "mean":
+            self.b_pre.copy_(x.mean(0))
+        elif self.config.pre_bias == "median":
+            self.b_pre.copy_(geometric_median(x))
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        if self.config.unit_norm_decoder and self.W_dec.grad is not None:
+            # With unit columns w, the gradient's component along w only changes the norm.
+            w, g = self.W_dec, self.W_dec.grad
+            g -= (g * w).sum(0, keepdim=True) * w
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.config.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp(min=1e-12)
+
+
+def geometric_median(x: Tensor, iterations: int = 100, tol: float = 1e-6) -> Tensor:
+    """The point minimising the sum of Euclidean distances to the rows of ``x`` (Weiszfeld's algorithm)."""
+    x = x.double()
+    y = x.mean(0)
+    for _ in range(iterations):
+        w = 1.0 / (x - y).norm(dim=1).clamp(min=1e-12)  # (N,)
+        y_next = (w[:, None] * x).sum(0) / w.sum()
+        if (y_next - y).norm() <= tol * y.norm().clamp(min=1e-12):
+            y = y_next
+            break
+        y = y_next
+    return y.float()
