@@ -31,7 +31,11 @@ def test_every_constraint_maps_shapes_and_gives_a_scalar_penalty(name):
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(sparseae.SparseAEError, match=r"sparsity: expected one of batchtopk, jumprelu, kl, l1, none, topk, wta, or module:ClassName for your own, got 'topq'"):
+    with pytest.raises(
+        sparseae.SparseAEError,
+        match=r"sparsity: expected one of batchtopk, jumprelu, kl, l1, none, topk, wta, "
+        r"or module:ClassName for your own, got 'topq'",
+    ):
         get_sparsity("topq")
 
 
