@@ -17,7 +17,7 @@ from sparseae.data import DataConfig, Dataset, load_data, load_mnist
 from sparseae.errors import SparseAEError
 from sparseae.io import load, save_model
 from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig, build_preset, mnist_conv
-from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, register
+from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, penalty, register
 from sparseae.training import TrainConfig, TrainResult, evaluate, resume, train
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "load_data",
     "load_mnist",
     "mnist_conv",
+    "penalty",
     "register",
     "resume",
     "save_model",

@@ -38,13 +38,15 @@ _DATA_FLAGS = {"source": "data"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser(argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # `--sparsity mymodule:MyConstraint` finds modules in the current directory, as `python -m` would
+    debug = "--debug" in argv
     try:
+        args = _parser(argv).parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
         return args.run(args)
     except SparseAEError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"sparseae: error: {e}", file=sys.stderr)
         return 2
@@ -109,11 +111,21 @@ With no arguments: the Keras blog's convolutional sparse autoencoder on MNIST.""
 def _chosen(argv: list[str]) -> tuple[str, str]:
     """The --model and --sparsity on the command line (or their defaults), read before the full parse."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--model", default="mnist-conv")
+    pre.add_argument("--model")
     pre.add_argument("--sparsity")
+    pre.add_argument("--config", type=Path)
     known = pre.parse_known_args(argv)[0]
-    model = known.model if known.model in list_presets() else "mnist-conv"  # argparse reports a bad choice
-    return model, known.sparsity or get_preset(model).sparsity
+    file = _read_config_file(known.config) if known.config else {}
+    model = known.model or file.get("model") or "mnist-conv"
+    model = model if model in list_presets() else "mnist-conv"  # argparse reports a bad choice
+    return model, known.sparsity or file.get("sparsity") or get_preset(model).sparsity
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    values = read_json(path)
+    check(isinstance(values, dict), str(path), expected="a JSON object of flag names and values", got=type(values).__name__,
+          fix='For example {"k": 32, "epochs": 5}.')  # fmt: skip
+    return values
 
 
 def _add_model_args(group: Any, preset: Preset) -> None:
@@ -162,17 +174,17 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None
     path = pre.parse_known_args(argv)[0].config
     if path is None:
         return
-    values = read_json(path)
-    check(isinstance(values, dict), str(path), expected="a JSON object of flag names and values", got=type(values).__name__,
-          fix='For example {"k": 32, "epochs": 5}.')  # fmt: skip
-    by_flag = {a.option_strings[0].lstrip("-").replace("-", "_"): a for a in parser._actions if a.option_strings}
+    values = _read_config_file(path)
+    excluded = {"config", "help", "resume", "debug"}
+    by_flag = {max(a.option_strings, key=len).lstrip("-").replace("-", "_"): a for a in parser._actions if a.option_strings}
+    by_flag = {k: v for k, v in by_flag.items() if k not in excluded}
     defaults = {}
     for key, value in values.items():
         action = by_flag.get(key.replace("-", "_"))
-        if action is None or key in ("config", "help", "resume"):
+        if action is None:
             raise SparseAEError(
                 f"{path}: key {key!r}",
-                expected=f"a flag of this command, one of {', '.join(sorted(set(by_flag) - {'config', 'help', 'resume'}))}",
+                expected=f"a flag of this command, one of {', '.join(sorted(by_flag))}",
                 got=repr(key),
                 fix="Remove or rename the key.",
             )

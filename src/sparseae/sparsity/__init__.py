@@ -12,10 +12,11 @@ from sparseae.sparsity.base import (
     build_sparsity,
     get_sparsity,
     list_sparsities,
+    penalty,
     register,
 )
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Sparsity", "build_sparsity", "get_sparsity", "list_sparsities", "register"]
+__all__ = ["Sparsity", "build_sparsity", "get_sparsity", "list_sparsities", "penalty", "register"]

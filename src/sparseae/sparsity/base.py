@@ -32,6 +32,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from sparseae.errors import SparseAEError
@@ -185,3 +186,46 @@ def check_k(k: int, n_latents: int, what: str) -> None:
             got=f"k = {k}",
             fix="Lower k or use more latents.",
         )
+
+
+def penalty(fn: Callable[..., Tensor]) -> type[Sparsity]:
+    """Turn a penalty function into a constraint on a ReLU code.
+
+    ``fn(code, **hyperparameters) -> scalar``; its keyword arguments, with their
+    defaults and annotations, become the constraint's hyperparameters::
+
+        @sparseae.penalty
+        def half_norm(code, weight: float = 1e-3):
+            return weight * code.sqrt().sum() / len(code)
+
+    Use it as ``--sparsity mymodule:half_norm --weight 0.01``.
+    """
+    params = list(inspect.signature(fn).parameters.values())[1:]
+
+    def __init__(self: Sparsity, **kwargs: Any) -> None:
+        Sparsity.__init__(self)
+        bound = inspect.signature(fn).bind_partial(None, **kwargs)
+        bound.apply_defaults()
+        for key, value in list(bound.arguments.items())[1:]:
+            setattr(self, key, value)
+
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params]
+    )
+    __init__.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not p.empty}
+
+    def forward(self: Sparsity, pre: Tensor) -> Tensor:
+        return torch.relu(pre)
+
+    def penalty_(self: Sparsity, code: Tensor, pre: Tensor) -> Tensor:
+        return fn(code, **self.get_params())
+
+    namespace = {
+        "__init__": __init__,
+        "forward": forward,
+        "penalty": penalty_,
+        "__doc__": fn.__doc__,
+        "__module__": fn.__module__,
+    }
+    return type(fn.__name__, (Sparsity,), namespace)
