@@ -56,6 +56,10 @@ class JumpReLU(Sparsity):
     has no gradient, so the thresholds learn through straight-through estimators
     that use a rectangle kernel of width ``bandwidth`` around each threshold.
 
+    The thresholds are learned as ``log theta``, so an optimizer step moves them by a
+    fixed factor: with Adam at lr 1e-3 a few hundred steps barely move them (the
+    paper trains for billions of tokens); short runs want lr ~1e-2.
+
     Args:
         l0_coef: Weight of the L0 penalty.
         init_threshold: Starting threshold of every unit.
