@@ -38,3 +38,23 @@ def test_image_grid_places_each_image():
     grid = image_grid(rows, pad=1, scale=2)
     assert grid.shape == (2 * 9 + 1, 3 * 9 + 1)
     assert (grid[1:9, 1:9] == 0).all() and (grid[10:18, 10:18] == 255).all() and (grid[0] == 255).all()
+
+
+def test_feature_images_are_decoder_directions(tmp_path):
+    import sparseae
+    from sparseae.models import DenseAutoencoder, DenseConfig
+    from sparseae.report import feature_images, save_feature_grid
+    from sparseae.sparsity import build_sparsity
+
+    dense = DenseAutoencoder(DenseConfig(input_shape=(1, 6, 6), n_latents=7), build_sparsity("topk", k=2))
+    features = feature_images(dense)
+    assert features.shape == (7, 1, 6, 6) and torch.equal(features[3].flatten(), dense.W_dec[:, 3])
+    conv = sparseae.mnist_conv(seed=0)
+    features = feature_images(conv)
+    code = torch.zeros(1, 32)
+    code[0, 5] = 1.0
+    torch.testing.assert_close(features[5:6], conv.decode(code) - conv.decode(torch.zeros(1, 32)))
+    path = save_feature_grid(dense, tmp_path / "f.png", columns=3, scale=1)
+    header, pixels = decode_png(path.read_bytes())
+    assert header[:2] == (3 * 8 + 2, 3 * 8 + 2)  # 3x3 tiles of 6+2 pixels, last row padded with gray
+    assert pixels[-4, -4] == 128

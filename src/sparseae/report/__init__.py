@@ -1,5 +1,6 @@
 """Pictures of what a model learned."""
 
+from sparseae.report.features import feature_images, save_feature_grid
 from sparseae.report.images import encode_png, image_grid, save_image_grid
 
-__all__ = ["encode_png", "image_grid", "save_image_grid"]
+__all__ = ["encode_png", "feature_images", "image_grid", "save_feature_grid", "save_image_grid"]
