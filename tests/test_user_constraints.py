@@ -84,3 +84,18 @@ def test_config_file_with_an_unknown_key(tmp_path, capsys):
     config.write_text(json.dumps({"epoks": 3}))
     assert main(["train", "--config", str(config), *SMALL]) == 2
     assert "c.json: key 'epoks': expected a flag of this command" in capsys.readouterr().err
+
+
+def test_a_hyperparameter_that_clashes_with_a_flag(tmp_path, monkeypatch, capsys):
+    (tmp_path / "clash.py").write_text(
+        "import torch, sparseae\n"
+        "class Clash(sparseae.Sparsity):\n"
+        "    def __init__(self, lr: float = 0.1):\n"
+        "        super().__init__()\n"
+        "        self.lr = lr\n"
+        "    def forward(self, pre):\n"
+        "        return torch.relu(pre)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["train", "--sparsity", "clash:Clash", *SMALL]) == 2
+    assert "hyperparameter 'lr': expected a name that is not already a flag of `sparseae train`" in capsys.readouterr().err

@@ -73,11 +73,11 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     model, sparsity = _chosen(argv)
     preset = get_preset(model)
     _add_model_args(p.add_argument_group(f"{model} model", preset.doc), preset)
-    _add_sparsity_args(p, preset, sparsity)
     _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
     _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
     p.add_argument("--out", type=Path, help="Run directory to create (default: runs/<time>-<model>-<sparsity>).")
     p.add_argument("--resume", type=Path, metavar="RUN", help="Continue RUN from its last checkpoint (other flags are ignored).")
+    _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
     p.set_defaults(run=_train)
     _apply_config_file(p, argv)
 
@@ -130,16 +130,12 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 def _add_model_args(group: Any, preset: Preset) -> None:
     cls = preset.model.config_class
-    data_fields = set(preset.data_fields(_EXAMPLE_SHAPES[preset.model.kind]))
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in data_fields:
+        if f.name in preset.model.input_fields:
             continue
         default = preset.defaults.get(f.name, f.default)
         _add_flag(group, f.name, f"model.{f.name}", hints[f.name], default, docs.get(f.name, ""))
-
-
-_EXAMPLE_SHAPES = {"conv": (1, 28, 28), "dense": (784,)}
 
 
 def _add_sparsity_args(parser: argparse.ArgumentParser, preset: Preset, name: str) -> None:
@@ -150,7 +146,15 @@ def _add_sparsity_args(parser: argparse.ArgumentParser, preset: Preset, name: st
     group = parser.add_argument_group(f"{name} hyperparameters", "Run with --sparsity NAME --help to see another constraint's.")
     defaults = preset.sparsity_params if name == preset.sparsity else {}
     for key, (hint, default, doc) in hyper.items():
-        _add_flag(group, key, f"hp.{key}", hint, defaults.get(key, default), doc)
+        try:
+            _add_flag(group, key, f"hp.{key}", hint, defaults.get(key, default), doc)
+        except argparse.ArgumentError:
+            raise SparseAEError(
+                f"sparsity {name!r} hyperparameter {key!r}",
+                expected="a name that is not already a flag of `sparseae train`",
+                got=f"--{key.replace('_', '-')}, which is",
+                fix="Rename the __init__ argument (and its attribute).",
+            ) from None
 
 
 def _add_flag(group: Any, name: str, dest: str, hint: Any, default: Any, doc: str) -> None:
@@ -280,7 +284,7 @@ def _train(args: argparse.Namespace) -> int:
         sparsity = build_sparsity(name, **_prefixed(args, "hp."))
         model = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed, **_prefixed(args, "model."))
         out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
-        log.info("training %s (%s) on %s -> %s", args.model, sparsity.extra_repr() or args.sparsity, data.name, out)
+        log.info("training %s with %s(%s) on %s -> %s", args.model, name, sparsity.extra_repr(), data.name, out)
         result = train(model, data, config, out, progress=progress)
     final = result.metrics[-1] if result.metrics else {}
     print(f"run: {result.run_dir}")

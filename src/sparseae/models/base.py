@@ -37,6 +37,8 @@ class Autoencoder(nn.Module):
     kind: str = ""
     """Registry name, set by :func:`register_model`; saved in ``cfg.json``."""
     config_class: type
+    input_fields: tuple[str, ...] = ()
+    """Config fields that the data decides (e.g. the image size); not user settings."""
 
     def __init__(self, config: Any, sparsity: Sparsity):
         super().__init__()

@@ -83,6 +83,7 @@ class ConvAutoencoder(Autoencoder):
     """
 
     config_class = ConvConfig
+    input_fields = ("in_channels", "image_size")
 
     def __init__(self, config: ConvConfig, sparsity: Sparsity):
         super().__init__(config, sparsity)

@@ -67,6 +67,7 @@ class DenseAutoencoder(Autoencoder):
     """
 
     config_class = DenseConfig
+    input_fields = ("input_shape",)
     samples_since_fired: Tensor
 
     def __init__(self, config: DenseConfig, sparsity: Sparsity):
