@@ -8,6 +8,7 @@ import pytest
 
 import sparseae
 from sparseae.cli import main
+from sparseae.training import probe
 
 SMALL = ["--train-limit", "512", "--test-limit", "256", "--epochs", "1", "--quiet"]
 
@@ -38,6 +39,13 @@ def test_eval_recomputes_the_test_metrics(run_dir, capsys):
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     line = next(line for line in out.splitlines() if line.strip().startswith("mse"))
     assert float(line.split()[1]) == pytest.approx(last["test_mse"], rel=1e-5)
+
+
+def test_eval_with_a_linear_probe(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--probe", "--quiet"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "linear_probe" in line)
+    expected = probe(sparseae.load(run_dir), sparseae.load_mnist().subset(512, 256))
+    assert float(line.split()[1]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_encode_default_and_from_file(run_dir, tmp_path, capsys):

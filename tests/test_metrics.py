@@ -16,6 +16,10 @@ def test_hand_computed_values():
     assert metrics.dead_units(code) == 1
     assert metrics.mean_activation(code) == pytest.approx(1.0)
     assert metrics.activation_frequency(code).tolist() == [0.5, 1.0, 0.0]
+    assert metrics.dense_units(code) == 2 and metrics.dense_units(code, threshold=0.5) == 1
+    # |recon|^2 = 0.25 + 1 + 1 = 2.25; <recon, x> = 0.5 + 1 + 1 = 2.5
+    assert metrics.relative_reconstruction_bias(x, recon) == pytest.approx(0.9)
+    assert metrics.relative_reconstruction_bias(x, 0.5 * x) == pytest.approx(0.5)
 
 
 def test_accumulator_equals_the_pure_functions():
@@ -33,3 +37,21 @@ def test_accumulator_equals_the_pure_functions():
     assert result["frac_zero"] == pytest.approx(metrics.frac_zero(code))
     assert result["mean_activation"] == pytest.approx(metrics.mean_activation(code))
     assert result["dead_units"] == metrics.dead_units(code) == 1
+    assert result["dense_units"] == metrics.dense_units(code)
+    assert result["relative_reconstruction_bias"] == pytest.approx(metrics.relative_reconstruction_bias(x, recon))
+
+
+def test_linear_probe_separable_and_chance():
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    centres = torch.tensor([[5.0, 0.0], [0.0, 5.0], [-5.0, -5.0]])
+    codes = centres[labels] + torch.randn(300, 2)
+    assert metrics.linear_probe(codes[:200], labels[:200], codes[200:], labels[200:]) == 1.0
+    noise = torch.randn(300, 2)
+    assert metrics.linear_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6
+
+
+@pytest.mark.slow
+def test_linear_probe_on_mnist_pixels_is_near_the_known_92_percent(mnist):
+    accuracy = metrics.linear_probe(mnist.train[:20000], mnist.train_labels[:20000], mnist.test, mnist.test_labels)
+    assert 0.88 < accuracy < 0.95

@@ -29,7 +29,7 @@ from sparseae.io import atomic_write, load, read_json
 from sparseae.models import build_preset, get_preset, list_presets
 from sparseae.models.presets import Preset
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
-from sparseae.training import TrainConfig, evaluate, load_run_data, pick_device, read_run_config, resume, train
+from sparseae.training import TrainConfig, evaluate, load_run_data, pick_device, probe, read_run_config, resume, train
 
 log = logging.getLogger("sparseae")
 
@@ -86,6 +86,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--data", help="Evaluate on this data instead of the run's ('mnist' or an IDX directory).")
     p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
     p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")
+    p.add_argument("--probe", action="store_true", help="Also fit a linear probe on the codes (labelled data only).")
     p.set_defaults(run=_eval)
 
     p = sub.add_parser("encode", parents=[common], help="Write the codes of inputs as a .npy file.")
@@ -322,6 +323,8 @@ def _eval(args: argparse.Namespace) -> int:
     model = load(args.run_dir, device)
     data = _run_data(args.run_dir, args.data)
     metrics = evaluate(model, data.test, args.batch_size, device)
+    if args.probe:
+        metrics["linear_probe"] = probe(model, data, args.batch_size)
     print(_format_metrics(metrics, f"{args.run_dir} on {data.name} test ({len(data.test)} samples)"))
     return 0
 

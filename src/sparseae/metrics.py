@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+DENSE_FREQUENCY = 0.1
+"""A latent active on more than this fraction of inputs is *dense*."""
+
 
 def mse(x: Tensor, recon: Tensor) -> float:
     """Mean squared error over every element (Keras' ``mse`` on images)."""
@@ -51,6 +54,49 @@ def dead_units(code: Tensor) -> int:
     return int((code != 0).sum(0).eq(0).sum().item())
 
 
+def dense_units(code: Tensor, threshold: float = DENSE_FREQUENCY) -> int:
+    """Units active on more than ``threshold`` of these samples."""
+    return int((activation_frequency(code) > threshold).sum().item())
+
+
+def relative_reconstruction_bias(x: Tensor, recon: Tensor) -> float:
+    """``gamma = sum ||recon||^2 / sum <recon, x>``, the scale that best maps ``recon / gamma`` onto ``x``.
+
+    1 means no systematic shrinkage; below 1 the reconstructions are too small,
+    as an L1 penalty makes them (Wright & Sharkey 2024; SAEBench's definition).
+    """
+    x, recon = x.flatten(1).double(), recon.flatten(1).double()
+    return (recon.square().sum() / (recon * x).sum()).item()
+
+
+def linear_probe(
+    train_codes: Tensor, train_labels: Tensor, test_codes: Tensor, test_labels: Tensor, l2: float = 1e-4, steps: int = 100
+) -> float:
+    """Test accuracy of a multinomial logistic regression fitted on the training codes.
+
+    The codes are standardised with the training split's statistics; the fit
+    minimises cross-entropy + ``l2 * ||W||^2`` with L-BFGS (full batch, in float64).
+    """
+    train, test = train_codes.flatten(1).double(), test_codes.flatten(1).double()
+    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
+    train, test = (train - mean) / std, (test - mean) / std
+    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    linear = torch.nn.Linear(train.shape[1], n_classes, dtype=torch.float64)
+    torch.nn.init.zeros_(linear.weight)
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(train), train_labels) + l2 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        return (linear(test).argmax(1) == test_labels).double().mean().item()
+
+
 class Accumulator:
     """The metrics above over a data set, fed batch by batch, without keeping the codes.
 
@@ -65,6 +111,8 @@ class Accumulator:
         self.nonzero = 0
         self.code_sum = 0.0
         self.code_entries = 0
+        self.recon_sq = 0.0
+        self.recon_dot_x = 0.0
         self.x_sum: Tensor | None = None
         self.x_sq_sum: Tensor | None = None
         self.active: Tensor | None = None
@@ -75,6 +123,8 @@ class Accumulator:
         self.n += len(x)
         self.elements += x.numel()
         self.sq_err += (x - recon).square().sum().item()
+        self.recon_sq += recon.square().sum().item()
+        self.recon_dot_x += (recon * x).sum().item()
         self.x_sum = x.sum(0) if self.x_sum is None else self.x_sum + x.sum(0)
         self.x_sq_sum = x.square().sum(0) if self.x_sq_sum is None else self.x_sq_sum + x.square().sum(0)
         active = (code != 0).sum(0)
@@ -93,4 +143,6 @@ class Accumulator:
             "mean_activation": self.code_sum / self.code_entries,
             "frac_zero": 1.0 - self.nonzero / self.code_entries,
             "dead_units": int(self.active.eq(0).sum().item()),
+            "dense_units": int((self.active > DENSE_FREQUENCY * self.n).sum().item()),
+            "relative_reconstruction_bias": self.recon_sq / self.recon_dot_x if self.recon_dot_x else float("nan"),
         }

@@ -30,7 +30,7 @@ from sparseae._config import from_dict, to_dict
 from sparseae.data import DataConfig, Dataset, load_data
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, model_from_cfg, read_json, read_tensors, save_model, write_json, write_tensors
-from sparseae.metrics import Accumulator
+from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
 from sparseae.report import save_image_grid
 
@@ -178,6 +178,28 @@ def evaluate(model: Autoencoder, x: Tensor, batch_size: int = 1000, device: torc
     return acc.result()
 
 
+def probe(model: Autoencoder, data: Dataset, batch_size: int = 1000) -> float:
+    """Linear-probe accuracy: logistic regression on the training codes, scored on the test codes.
+
+    See :func:`sparseae.metrics.linear_probe`; needs labelled data.
+    """
+    check(
+        data.train_labels is not None and data.test_labels is not None,
+        f"{data.name} data",
+        expected="labels for a linear probe",
+        got="no labels",
+        fix="Probe only labelled data sets such as MNIST.",
+    )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        codes = [torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+                 for x in (data.train, data.test)]  # fmt: skip
+    model.train(was_training)
+    return linear_probe(codes[0], data.train_labels, codes[1], data.test_labels)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The shuffled sample order of one epoch: a function of (seed, epoch) alone, so resuming needs no state."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -322,6 +344,7 @@ def _fit(
         order = epoch_order(n, config.seed, epoch)
         epoch_steps = min(steps_per_epoch, total_steps - step)
         sums = torch.zeros(4, device=device)  # loss, recon, penalty, aux
+        fired = torch.zeros(model.n_latents, dtype=torch.bool, device=device)  # units active since the bar's last update
         seen = 0
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         start = time.perf_counter()
@@ -337,9 +360,12 @@ def _fit(
             model.after_step()
             sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
             seen += len(x)
+            fired |= (out.code != 0).any(0)
             bar.update()
-            if i % 25 == 0 or i == epoch_steps - 1:
-                bar.set_postfix(loss=f"{loss.item():.4g}")
+            if progress and (i % 25 == 0 or i == epoch_steps - 1):
+                l0 = (out.code != 0).sum(1).float().mean().item()
+                bar.set_postfix(loss=f"{loss.item():.4g}", L0=f"{l0:.1f}", dead=int((~fired).sum()))
+                fired.zero_()
         bar.close()
         elapsed = time.perf_counter() - start
         step += epoch_steps
