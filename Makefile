@@ -9,7 +9,7 @@ EPOCHS ?= 3
 # Seed 1 is a typical seed; seed 0 loses 27-28 of 32 code units in Keras and here alike (README, Measured).
 SEED   ?= 1
 
-.PHONY: train test lint clean
+.PHONY: train test lint clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,18 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(BIN)/sparseae train --epochs $(EPOCHS) --seed $(SEED)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
+
+# The browser test drives Debian's chromium through chromedriver. As root with
+# apt-get (CI, these project machines) it is installed here; elsewhere install
+# it yourself, or the browser test is skipped with a message.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "chromium/chromedriver not found: the browser test will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -28,6 +28,7 @@ from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load, read_json
 from sparseae.models import build_preset, get_preset, list_presets
 from sparseae.models.presets import Preset
+from sparseae.report import write_comparison, write_report
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
 from sparseae.training import TrainConfig, evaluate, load_run_data, pick_device, probe, read_run_config, resume, train
 
@@ -88,6 +89,19 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")
     p.add_argument("--probe", action="store_true", help="Also fit a linear probe on the codes (labelled data only).")
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser("report", parents=[common], help="Write a self-contained report.html with a feature browser.")
+    p.add_argument("run_dir", type=Path, metavar="RUN")
+    p.add_argument("--out", type=Path, help="Where to write it (default: RUN/report.html).")
+    p.add_argument(
+        "--max-latents", type=int, default=512, help="Latents in the browser, most frequent first (default: %(default)s)."
+    )
+    p.set_defaults(run=_report)
+
+    p = sub.add_parser("compare", parents=[common], help="Write compare.html: the L0-FVU frontier and a table of runs.")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN")
+    p.add_argument("--out", type=Path, default=Path("compare.html"), help="Where to write it (default: %(default)s).")
+    p.set_defaults(run=_compare)
 
     p = sub.add_parser("encode", parents=[common], help="Write the codes of inputs as a .npy file.")
     p.add_argument("run_dir", type=Path, metavar="RUN")
@@ -326,6 +340,22 @@ def _eval(args: argparse.Namespace) -> int:
     if args.probe:
         metrics["linear_probe"] = probe(model, data, args.batch_size)
     print(_format_metrics(metrics, f"{args.run_dir} on {data.name} test ({len(data.test)} samples)"))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    read_run_config(args.run_dir)
+    check(args.max_latents >= 1, "--max-latents", expected="an integer >= 1", got=args.max_latents, fix="Pass a positive number.")
+    path = write_report(args.run_dir, out=args.out, max_latents=args.max_latents)
+    print(f"report: {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    for run_dir in args.run_dirs:
+        read_run_config(run_dir)
+    path = write_comparison(args.run_dirs, args.out)
+    print(f"comparison: {path}")
     return 0
 
 

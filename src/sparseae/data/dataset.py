@@ -36,6 +36,8 @@ class Dataset:
     test_labels: Tensor | None = None
     config: DataConfig | None = None
     """How to load this data again; ``None`` for data built in memory."""
+    label_names: tuple[str, ...] | None = None
+    """A name per label value (label i is called label_names[i]), where the data has them."""
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.train, self.train_labels), ("test", self.test, self.test_labels)):
@@ -87,6 +89,7 @@ class Dataset:
             head(self.train_labels, train),
             head(self.test_labels, test),
             config,
+            self.label_names,
         )
 
 
