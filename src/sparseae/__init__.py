@@ -18,7 +18,7 @@ from sparseae.errors import SparseAEError
 from sparseae.io import load, save_model
 from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig, build_preset, mnist_conv
 from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, penalty, register
-from sparseae.training import TrainConfig, TrainResult, evaluate, resume, train
+from sparseae.training import TrainConfig, TrainResult, evaluate, probe, resume, sweep, train
 
 __all__ = [
     "Autoencoder",
@@ -41,8 +41,10 @@ __all__ = [
     "load_mnist",
     "mnist_conv",
     "penalty",
+    "probe",
     "register",
     "resume",
     "save_model",
+    "sweep",
     "train",
 ]

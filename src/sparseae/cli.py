@@ -30,7 +30,17 @@ from sparseae.models import build_preset, get_preset, list_presets
 from sparseae.models.presets import Preset
 from sparseae.report import write_comparison, write_report
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
-from sparseae.training import TrainConfig, evaluate, load_run_data, pick_device, probe, read_run_config, resume, train
+from sparseae.training import (
+    TrainConfig,
+    evaluate,
+    load_run_data,
+    pick_device,
+    probe,
+    read_run_config,
+    resume,
+    sweep,
+    train,
+)
 
 log = logging.getLogger("sparseae")
 
@@ -64,22 +74,19 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="Show the full traceback of errors.")
 
     p = sub.add_parser("train", parents=[common], help="Train a model (default: the Keras MNIST model).", description=_train_doc)
-    p.add_argument("--model", default="mnist-conv", choices=list_presets(), help="Model to build (default: %(default)s).")
-    p.add_argument(
-        "--sparsity",
-        help="Sparsity constraint: one of " + ", ".join(list_sparsities()) + ", or module:ClassName for your own "
-        "(default: the model's own: l1 for mnist-conv, topk for dense, kl for classic).",
-    )
-    p.add_argument("--config", type=Path, metavar="FILE.json", help="Default values for any of these flags, as a JSON object.")
-    model, sparsity = _chosen(argv)
-    preset = get_preset(model)
-    _add_model_args(p.add_argument_group(f"{model} model", preset.doc), preset)
-    _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
-    _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
+    _add_training_args(p, argv)
     p.add_argument("--out", type=Path, help="Run directory to create (default: runs/<time>-<model>-<sparsity>).")
     p.add_argument("--resume", type=Path, metavar="RUN", help="Continue RUN from its last checkpoint (other flags are ignored).")
-    _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
     p.set_defaults(run=_train)
+    _apply_config_file(p, argv)
+
+    p = sub.add_parser("sweep", parents=[common], help="Train a family of models that differ in one setting, in one pass.",
+                       description=_sweep_doc)  # fmt: skip
+    _add_training_args(p, argv)
+    p.add_argument("--param", required=True, help="The setting that varies: a constraint hyperparameter or model field, e.g. k.")
+    p.add_argument("--values", required=True, help="Its values, comma-separated, e.g. 8,16,32,64.")
+    p.add_argument("--out", type=Path, help="Directory for the runs and compare.html (default: runs/sweep-<time>-<param>).")
+    p.set_defaults(run=_sweep)
     _apply_config_file(p, argv)
 
     p = sub.add_parser("eval", parents=[common], help="Recompute a run's test metrics.")
@@ -117,6 +124,26 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     p.set_defaults(run=_encode)
     return parser
 
+
+def _add_training_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    """The flags `train` and `sweep` share: model, constraint, data, training."""
+    p.add_argument("--model", default="mnist-conv", choices=list_presets(), help="Model to build (default: %(default)s).")
+    p.add_argument(
+        "--sparsity",
+        help="Sparsity constraint: one of " + ", ".join(list_sparsities()) + ", or module:ClassName for your own "
+        "(default: the model's own: l1 for mnist-conv, topk for dense, kl for classic).",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE.json", help="Default values for any of these flags, as a JSON object.")
+    model, sparsity = _chosen(argv)
+    preset = get_preset(model)
+    _add_model_args(p.add_argument_group(f"{model} model", preset.doc), preset)
+    _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
+    _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
+    _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
+
+
+_sweep_doc = """Train models that differ only in --param, feeding each batch to all of them (one pass
+over the data), and write their runs plus compare.html (the L0-FVU frontier and a table)."""
 
 _train_doc = """Train a sparse autoencoder and write a run directory (config.json, metrics.jsonl,
 model.safetensors + cfg.json, checkpoint.safetensors, reconstructions.png).
@@ -285,17 +312,20 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
+    config = _dataclass_from_args(TrainConfig, args)
+    data_config = _dataclass_from_args(DataConfig, args)
+    if data_config.source != "mnist":
+        data_config = dataclasses.replace(data_config, source=str(Path(data_config.source).resolve()))
+    return config, load_data(data_config), args.sparsity or get_preset(args.model).sparsity
+
+
 def _train(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.resume is not None:
         result = resume(args.resume, progress=progress)
     else:
-        config = _dataclass_from_args(TrainConfig, args)
-        data_config = _dataclass_from_args(DataConfig, args)
-        if data_config.source != "mnist":
-            data_config = dataclasses.replace(data_config, source=str(Path(data_config.source).resolve()))
-        data = load_data(data_config)
-        name = args.sparsity or get_preset(args.model).sparsity
+        config, data, name = _setup(args)
         sparsity = build_sparsity(name, **_prefixed(args, "hp."))
         model = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed, **_prefixed(args, "model."))
         out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
@@ -310,6 +340,53 @@ def _train(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config, data, name = _setup(args)
+    hp, model_fields = _prefixed(args, "hp."), _prefixed(args, "model.")
+    key = args.param.replace("-", "_")
+    if key not in hp and key not in model_fields:
+        raise SparseAEError(
+            "--param",
+            expected=f"a hyperparameter of {name} ({', '.join(hp) or 'none'}) or a model field ({', '.join(model_fields)})",
+            got=repr(args.param),
+            fix="Pick one of those.",
+        )
+    parse = _param_type(args, key, hp, name)
+    try:
+        values = [parse(v.strip()) for v in args.values.split(",") if v.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise SparseAEError("--values", expected=str(e).split(", got")[0].removeprefix("expected "), got=repr(args.values),
+                            fix=f"Give comma-separated values of {key}.") from None  # fmt: skip
+    check(len(values) >= 1, "--values", expected="one or more comma-separated values", got=repr(args.values), fix="E.g. 8,16,32.")
+    models = {}
+    for value in values:
+        params, fields = dict(hp), dict(model_fields)
+        (params if key in hp else fields)[key] = value
+        sparsity = build_sparsity(name, **params)
+        models[f"{key}={value}"] = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed, **fields)
+    out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{key}"
+    start = time.perf_counter()
+    results = sweep(models, data, config, out, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    page = write_comparison([r.run_dir for r in results.values()], Path(out) / "compare.html")
+    print(f"sweep: {len(models)} models in {seconds:.1f}s -> {out}")
+    for label, result in results.items():
+        last = result.metrics[-1]
+        print(f"  {label:<16} L0 {last['test_l0']:8.2f}  FVU {last['test_fvu']:.4f}  dead {last['test_dead_units']}")
+    print(f"comparison: {page}")
+    return 0
+
+
+def _param_type(args: argparse.Namespace, key: str, hp: dict[str, Any], name: str) -> Any:
+    """A parser for values of the swept setting, from its type annotation."""
+    if key in hp:
+        hint = _hyperparameters(name)[key][0]
+    else:
+        preset = get_preset(args.model)
+        hint = typing.get_type_hints(preset.model.config_class)[key]
+    return _arg_type(hint, "--values")
 
 
 def _prefixed(args: argparse.Namespace, prefix: str) -> dict[str, Any]:

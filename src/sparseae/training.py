@@ -222,34 +222,41 @@ def train(
         out: Run directory to write (must not hold a run already); ``None`` writes nothing.
         progress: Show a progress bar with the live loss.
     """
+    _check_fits(model, data, "data")
+    run_dir = None if out is None else _new_run_dir(Path(out), model, config, data)
+    return _fit(model, data, config, run_dir, progress=progress)
+
+
+def _check_fits(model: Autoencoder, data: Dataset, what: str) -> None:
     check(
         data.sample_shape == model.input_shape,
-        "data",
+        what,
         expected=f"samples the model accepts, of shape {model.input_shape}",
         got=f"shape {data.sample_shape}",
         fix="Build the model for this data.",
     )
-    run_dir = None
-    if out is not None:
-        run_dir = Path(out)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise SparseAEError(
-                str(run_dir),
-                expected="a new or empty run directory",
-                got="a file" if not run_dir.is_dir() else "a directory that already holds files",
-                fix="Choose another --out, or continue that run with --resume.",
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            run_dir / CONFIG_FILE,
-            {
-                "sparseae_version": sparseae.__version__,
-                "model": {"format": sparseae.io.FORMAT, **model.describe()},
-                "train": to_dict(config),
-                "data": to_dict(data.config) if data.config else None,
-            },
+
+
+def _new_run_dir(run_dir: Path, model: Autoencoder, config: TrainConfig, data: Dataset) -> Path:
+    """Create a run directory (refusing one that holds files) and write its ``config.json``."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise SparseAEError(
+            str(run_dir),
+            expected="a new or empty run directory",
+            got="a file" if not run_dir.is_dir() else "a directory that already holds files",
+            fix="Choose another --out, or continue that run with --resume.",
         )
-    return _fit(model, data, config, run_dir, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run_dir / CONFIG_FILE,
+        {
+            "sparseae_version": sparseae.__version__,
+            "model": {"format": sparseae.io.FORMAT, **model.describe()},
+            "train": to_dict(config),
+            "data": to_dict(data.config) if data.config else None,
+        },
+    )
+    return run_dir
 
 
 def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool = True) -> TrainResult:
@@ -310,6 +317,75 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class _Job:
+    """One model in training: its optimizer, running sums, history and run directory."""
+
+    def __init__(self, model: Autoencoder, config: TrainConfig, run_dir: Path | None, device: torch.device):
+        self.model, self.config, self.run_dir, self.device = model.to(device).train(), config, run_dir, device
+        self.optimizer = make_optimizer(model, config)
+        self.history: list[dict[str, Any]] = []
+
+    def begin_epoch(self) -> None:
+        self.sums = torch.zeros(4, device=self.device)  # loss, recon, penalty, aux
+        self.fired = torch.zeros(self.model.n_latents, dtype=torch.bool, device=self.device)  # since the bar's last update
+        self.seen, self.busy = 0, 0.0
+
+    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One optimizer step on batch ``x``; returns the loss and the code."""
+        start = time.perf_counter()
+        model, optimizer = self.model, self.optimizer
+        out = model(x)
+        recon = reconstruction_loss(self.config.loss, out.recon, x)
+        loss = recon + out.penalty + out.aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        model.before_step()
+        optimizer.step()
+        model.after_step()
+        self.sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
+        self.seen += len(x)
+        self.fired |= (out.code != 0).any(0)
+        self.busy += time.perf_counter() - start
+        return loss, out.code
+
+    def postfix(self, loss: Tensor, code: Tensor) -> dict[str, Any]:
+        dead = int((~self.fired).sum())
+        self.fired.zero_()
+        return {"loss": f"{loss.item():.4g}", "L0": f"{(code != 0).sum(1).float().mean().item():.1f}", "dead": dead}
+
+    def end_epoch(self, epoch: int, step: int, n_epochs: int, elapsed: float, data: Dataset) -> None:
+        model = self.model
+        train_loss, train_recon, train_penalty, train_aux = (self.sums / self.seen).tolist()
+        test = evaluate(model, data.test, self.config.eval_batch_size, self.device)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "epoch_time_s": round(elapsed, 3),
+            "samples_per_s": round(self.seen / elapsed, 1),
+            "train_loss": train_loss,
+            "train_recon": train_recon,
+            "train_penalty": train_penalty,
+            "train_aux": train_aux,
+            **{f"test_{k}": v for k, v in test.items()},
+            "n_latents": model.n_latents,
+        }
+        self.history.append(record)
+        log.info(
+            "%sepoch %d/%d  %.1fs  train loss %.5f  test mse %.5f  fvu %.4f  L0 %.2f  dead %d/%d",
+            f"{self.run_dir.name}: " if self.run_dir else "", epoch, n_epochs, elapsed, train_loss,
+            test["mse"], test["fvu"], test["l0"], test["dead_units"], model.n_latents,
+        )  # fmt: skip
+        if self.run_dir is not None:
+            with open(self.run_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _save_checkpoint(self.run_dir / CHECKPOINT_FILE, model, self.optimizer, epoch, step)
+            save_model(model, self.run_dir)
+            save_reconstructions(model, data.test, self.run_dir / RECONSTRUCTIONS_FILE)
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.model.eval(), self.history, self.run_dir)
+
+
 def _fit(
     model: Autoencoder,
     data: Dataset,
@@ -319,83 +395,82 @@ def _fit(
     progress: bool,
     resume: bool = False,
 ) -> TrainResult:
-    device = pick_device(config.device)
-    model.to(device).train()
-    optimizer = make_optimizer(model, config)
+    job = _Job(model, config, run_dir, pick_device(config.device))
+    epoch = step = 0
+    if resume:
+        assert run_dir is not None
+        epoch, step = _load_checkpoint(run_dir / CHECKPOINT_FILE, model, job.optimizer)
+        job.history = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
+        atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
+        log.info("resuming %s after epoch %d (step %d)", run_dir, epoch, step)
+    _run([job], data, config, progress=progress, epoch=epoch, step=step, prepare=not resume)
+    return job.result()
+
+
+def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool, epoch: int, step: int, prepare: bool) -> None:
+    """Train every job on the same batches, in one pass over the data."""
+    device = jobs[0].device
     n = len(data.train)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.steps or config.epochs * steps_per_epoch
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     torch.manual_seed(config.seed)
-    epoch, step, history = 0, 0, []
-    if resume:
-        assert run_dir is not None
-        epoch, step = _load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer)
-        history = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
-        atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
-        if step >= total_steps:
-            log.info("run %s had already finished (%d steps)", run_dir, step)
-            return TrainResult(model.eval(), history, run_dir)
-        log.info("resuming %s after epoch %d (step %d)", run_dir, epoch, step)
-    else:
-        model.prepare(data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device))
-
+    if step >= total_steps:
+        log.info("training had already finished (%d steps)", step)
+        return
+    if prepare:
+        sample = data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device)
+        for job in jobs:
+            job.model.prepare(sample)
     while step < total_steps:
         order = epoch_order(n, config.seed, epoch)
         epoch_steps = min(steps_per_epoch, total_steps - step)
-        sums = torch.zeros(4, device=device)  # loss, recon, penalty, aux
-        fired = torch.zeros(model.n_latents, dtype=torch.bool, device=device)  # units active since the bar's last update
-        seen = 0
+        for job in jobs:
+            job.begin_epoch()
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
-        start = time.perf_counter()
+        shared = 0.0  # seconds spent on the batches themselves, shared by every job
         for i in range(epoch_steps):
+            start = time.perf_counter()
             x = data.train[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device, non_blocking=True)
-            out = model(x)
-            recon = reconstruction_loss(config.loss, out.recon, x)
-            loss = recon + out.penalty + out.aux
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            model.before_step()
-            optimizer.step()
-            model.after_step()
-            sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
-            seen += len(x)
-            fired |= (out.code != 0).any(0)
+            shared += time.perf_counter() - start
+            outcomes = [job.step(x) for job in jobs]
             bar.update()
             if progress and (i % 25 == 0 or i == epoch_steps - 1):
-                l0 = (out.code != 0).sum(1).float().mean().item()
-                bar.set_postfix(loss=f"{loss.item():.4g}", L0=f"{l0:.1f}", dead=int((~fired).sum()))
-                fired.zero_()
+                if len(jobs) == 1:
+                    bar.set_postfix(jobs[0].postfix(*outcomes[0]))
+                else:
+                    bar.set_postfix(models=len(jobs), loss=" ".join(f"{loss.item():.3g}" for loss, _ in outcomes))
         bar.close()
-        elapsed = time.perf_counter() - start
         step += epoch_steps
         epoch += 1
-        train_loss, train_recon, train_penalty, train_aux = (sums / seen).tolist()
-        test = evaluate(model, data.test, config.eval_batch_size, device)
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "epoch_time_s": round(elapsed, 3),
-            "samples_per_s": round(seen / elapsed, 1),
-            "train_loss": train_loss,
-            "train_recon": train_recon,
-            "train_penalty": train_penalty,
-            "train_aux": train_aux,
-            **{f"test_{k}": v for k, v in test.items()},
-            "n_latents": model.n_latents,
-        }
-        history.append(record)
-        log.info(
-            "epoch %d/%d  %.1fs  train loss %.5f  test mse %.5f  fvu %.4f  L0 %.2f  dead %d/%d",
-            epoch, n_epochs, elapsed, train_loss, test["mse"], test["fvu"], test["l0"], test["dead_units"], model.n_latents,
-        )  # fmt: skip
-        if run_dir is not None:
-            with open(run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            _save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch, step)
-            save_model(model, run_dir)
-            save_reconstructions(model, data.test, run_dir / RECONSTRUCTIONS_FILE)
-    return TrainResult(model.eval(), history, run_dir)
+        for job in jobs:
+            job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), data)
+
+
+def sweep(
+    models: dict[str, Autoencoder],
+    data: Dataset,
+    config: TrainConfig = TrainConfig(),
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, TrainResult]:
+    """Train several models on the same data in one pass: each batch is fed to every model.
+
+    Every model gets its own optimizer and, under ``out``, its own run directory
+    named by its key (a normal run: ``sparseae.load``, ``resume``, ``report`` work
+    on it). Each run's ``epoch_time_s`` is its own compute plus its share of the
+    time spent on the batches.
+    """
+    check(len(models) >= 1, "sweep", expected="at least one model", got=0, fix="Pass a dict of name -> model.")
+    device = pick_device(config.device)
+    jobs = []
+    for name, model in models.items():
+        _check_fits(model, data, f"data for sweep model {name!r}")
+        run_dir = None if out is None else _new_run_dir(Path(out) / name, model, config, data)
+        jobs.append(_Job(model, config, run_dir, device))
+    _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
+    return {name: job.result() for name, job in zip(models, jobs, strict=True)}
 
 
 def save_reconstructions(model: Autoencoder, x: Tensor, path: Path, n: int = 10) -> Path | None:
