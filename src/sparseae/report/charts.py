@@ -101,7 +101,7 @@ def chart(
         points = [(x, y) for x, y in zip(s.x, s.y, strict=True) if not (log_y and y <= 0)]
         if s.kind == "bars":
             for x, y in points:
-                h = py(y) if not log_y else py(y)
+                h = py(y)
                 out.append(f'<rect x="{px(x):.1f}" y="{h:.1f}" width="{max(px(x + step) - px(x) - 1, 1):.1f}" '
                            f'height="{max(top + ph - h, 0):.1f}" fill="{color}"/>')  # fmt: skip
         elif s.kind == "points":

@@ -31,7 +31,7 @@ HIST_BINS = 20
 
 
 def _png_uri(images: Tensor, scale: int = 2) -> str:
-    """A data URI of one image ``(C, H, W)`` in [0, 1] (or a grid row list)."""
+    """A PNG data URI of one image ``(C, H, W)`` with values in [0, 1]."""
     return "data:image/png;base64," + base64.b64encode(encode_png(image_grid([images[None]], pad=0, scale=scale))).decode()
 
 
@@ -239,29 +239,41 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, out: str | Pa
     return path
 
 
-def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write ``compare.html``: the L0-FVU frontier (one colour per constraint) and a table of the runs' final metrics."""
+def comparison_rows(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per finished run: its name, model, constraint, hyperparameters and final metrics."""
     from sparseae.training import read_metrics, read_run_config
 
     rows = []
     for run_dir in map(Path, run_dirs):
         run, metrics = read_run_config(run_dir), read_metrics(run_dir)
-        if not metrics:
-            continue
-        sparsity = run["model"]["sparsity"]
-        rows.append({"run": run_dir.name, "model": run["model"]["kind"], "sparsity": sparsity["name"],
-                     "params": sparsity["params"], **metrics[-1]})  # fmt: skip
+        if metrics:
+            sparsity = run["model"]["sparsity"]
+            rows.append({"run": run_dir.name, "model": run["model"]["kind"], "sparsity": sparsity["name"],
+                         "params": sparsity["params"], **metrics[-1]})  # fmt: skip
+    return rows
+
+
+def frontier_chart(rows: list[dict[str, Any]], width: int = 640, height: int = 400) -> str:
+    """SVG of test L0 against test FVU, one colour per constraint."""
     by_sparsity: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_sparsity.setdefault(r["sparsity"], []).append(r)
     series = [Series(name, [r["test_l0"] for r in rs], [r["test_fvu"] for r in rs], kind="points",
                      labels=[f"{r['run']}: {json.dumps(r['params'])}" for r in rs])
               for name, rs in sorted(by_sparsity.items())]  # fmt: skip
-    frontier = chart(series, "Sparsity-fidelity frontier", "L0 (active latents per input)", "FVU (test)", width=640, height=400)
+    return chart(series, "Sparsity-fidelity frontier", "L0 (active latents per input)", "FVU (test)", width=width, height=height)
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write ``compare.html``: the L0-FVU frontier (one colour per constraint) and a table of the runs' final metrics."""
+    rows = comparison_rows(run_dirs)
     keys = ["run", "sparsity", "params", "test_l0", "test_fvu", "test_mse", "test_dead_units", "test_dense_units", "epoch"]
     head = "".join(f"<th>{escape(k)}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{escape(_value(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows)
-    page = _page("sparseae comparison", f"<h1>Comparison of {len(rows)} runs</h1>{frontier}<table><tr>{head}</tr>{body}</table>")
+    page = _page(
+        "sparseae comparison",
+        f"<h1>Comparison of {len(rows)} runs</h1>{frontier_chart(rows)}<table><tr>{head}</tr>{body}</table>",
+    )
     path = Path(out)
     atomic_write(path, page.encode())
     return path
