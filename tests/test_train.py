@@ -168,3 +168,16 @@ def test_resume_of_a_finished_run_changes_nothing(small, tmp_path):
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
     result = sparseae.resume(tmp_path / "run", progress=False)
     assert len(result.metrics) == 1 and (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_tensorboard_logs_metrics_and_feature_grid(small, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = sparseae.TrainConfig(epochs=2, tensorboard=True)
+    result = sparseae.train(sparseae.mnist_conv(seed=1), small.subset(512, 128), config, tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    mse = events.Scalars("test_mse")
+    assert [e.step for e in mse] == [4, 8]
+    assert mse[-1].value == pytest.approx(result.metrics[-1]["test_mse"], rel=1e-6)
+    assert len(events.Images("features")) == 2

@@ -423,7 +423,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     read_run_config(args.run_dir)
     check(args.max_latents >= 1, "--max-latents", expected="an integer >= 1", got=args.max_latents, fix="Pass a positive number.")
-    path = write_report(args.run_dir, out=args.out, max_latents=args.max_latents)
+    path = write_report(args.run_dir, out=args.out, max_latents=args.max_latents, progress=not args.quiet)
     print(f"report: {path}")
     return 0
 

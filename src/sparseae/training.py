@@ -32,7 +32,8 @@ from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, model_from_cfg, read_json, read_tensors, save_model, write_json, write_tensors
 from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
-from sparseae.report import save_image_grid
+from sparseae.report import image_grid, save_image_grid
+from sparseae.report.features import feature_images, image_shape
 
 log = logging.getLogger("sparseae")
 
@@ -69,6 +70,8 @@ class TrainConfig:
     """'auto' (CUDA, then Apple MPS, then CPU), or a torch device such as 'cpu', 'cuda:1'."""
     eval_batch_size: int = 1000
     """Samples per batch when evaluating on the test split."""
+    tensorboard: bool = False
+    """Also log each epoch's metrics and the feature grid to RUN/tensorboard (needs the tensorboard package)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -161,7 +164,9 @@ def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
 
 
 @torch.no_grad()
-def evaluate(model: Autoencoder, x: Tensor, batch_size: int = 1000, device: torch.device | str | None = None) -> dict[str, float]:
+def evaluate(
+    model: Autoencoder, x: Tensor, batch_size: int = 1000, device: torch.device | str | None = None, progress: bool = False
+) -> dict[str, float]:
     """Test metrics of ``model`` on samples ``x``: mse, fvu, l0, mean_activation, frac_zero, dead_units.
 
     See :mod:`sparseae.metrics` for the definitions.
@@ -170,7 +175,7 @@ def evaluate(model: Autoencoder, x: Tensor, batch_size: int = 1000, device: torc
     was_training = model.training
     model.eval()
     acc = Accumulator()
-    for i in range(0, len(x), batch_size):
+    for i in tqdm(range(0, len(x), batch_size), desc="evaluating", disable=not progress, leave=False):
         batch = x[i : i + batch_size].to(device)
         out = model(batch)
         acc.update(batch, out.recon, out.code)
@@ -324,6 +329,7 @@ class _Job:
         self.model, self.config, self.run_dir, self.device = model.to(device).train(), config, run_dir, device
         self.optimizer = make_optimizer(model, config)
         self.history: list[dict[str, Any]] = []
+        self.writer = _tensorboard_writer(run_dir / "tensorboard") if config.tensorboard and run_dir is not None else None
 
     def begin_epoch(self) -> None:
         self.sums = torch.zeros(4, device=self.device)  # loss, recon, penalty, aux
@@ -353,10 +359,10 @@ class _Job:
         self.fired.zero_()
         return {"loss": f"{loss.item():.4g}", "L0": f"{(code != 0).sum(1).float().mean().item():.1f}", "dead": dead}
 
-    def end_epoch(self, epoch: int, step: int, n_epochs: int, elapsed: float, data: Dataset) -> None:
+    def end_epoch(self, epoch: int, step: int, n_epochs: int, elapsed: float, data: Dataset, progress: bool) -> None:
         model = self.model
         train_loss, train_recon, train_penalty, train_aux = (self.sums / self.seen).tolist()
-        test = evaluate(model, data.test, self.config.eval_batch_size, self.device)
+        test = evaluate(model, data.test, self.config.eval_batch_size, self.device, progress)
         record = {
             "epoch": epoch,
             "step": step,
@@ -381,9 +387,33 @@ class _Job:
             _save_checkpoint(self.run_dir / CHECKPOINT_FILE, model, self.optimizer, epoch, step)
             save_model(model, self.run_dir)
             save_reconstructions(model, data.test, self.run_dir / RECONSTRUCTIONS_FILE)
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step"):
+                    self.writer.add_scalar(key, value, step)
+            shape = image_shape(model.input_shape)
+            if shape is not None:
+                features = feature_images(model)[:100].reshape(-1, *shape).float().cpu()
+                features = 0.5 + 0.5 * features / features.flatten(1).abs().amax(1).clamp(min=1e-12)[:, None, None, None]
+                self.writer.add_image("features", image_grid([features[i : i + 10] for i in range(0, len(features), 10)]), step,
+                                      dataformats="HW" if shape[0] == 1 else "HWC")  # fmt: skip
+            self.writer.flush()
 
     def result(self) -> TrainResult:
         return TrainResult(self.model.eval(), self.history, self.run_dir)
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SparseAEError(
+            "--tensorboard",
+            expected="the tensorboard package installed",
+            got="no tensorboard",
+            fix="pip install tensorboard (or sparseae[tensorboard]).",
+        ) from None
+    return SummaryWriter(str(path))
 
 
 def _fit(
@@ -444,7 +474,10 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
         step += epoch_steps
         epoch += 1
         for job in jobs:
-            job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), data)
+            job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), data, progress)
+    for job in jobs:
+        if job.writer is not None:
+            job.writer.close()
 
 
 def sweep(

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from sparseae.data import Dataset
 from sparseae.io import atomic_write, load
@@ -46,7 +47,7 @@ def _codes(model: Autoencoder, x: Tensor, batch_size: int = 1000) -> Tensor:
     return torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
-def browser_data(model: Autoencoder, data: Dataset, max_latents: int = 512) -> dict[str, Any]:
+def browser_data(model: Autoencoder, data: Dataset, max_latents: int = 512, progress: bool = False) -> dict[str, Any]:
     """Everything the feature browser shows, computed on the test split."""
     x = data.test
     codes = _codes(model, x)  # (N, n_latents)
@@ -59,7 +60,7 @@ def browser_data(model: Autoencoder, data: Dataset, max_latents: int = 512) -> d
     names = data.label_names
     inputs: dict[int, dict[str, Any]] = {}
     latents = []
-    for j in order.tolist():
+    for j in tqdm(order.tolist(), desc="feature browser", disable=not progress, leave=False):
         active = codes[:, j][codes[:, j] != 0]
         if len(active):
             counts = torch.histc(active.float(), bins=HIST_BINS, min=float(active.min()), max=float(active.max()))
@@ -202,7 +203,13 @@ def _page(title: str, body: str, data: dict[str, Any] | None = None) -> str:
             f"<style>{_STYLE}</style></head><body>\n{body}\n{script}\n</body></html>\n")  # fmt: skip
 
 
-def write_report(run_dir: str | Path, data: Dataset | None = None, out: str | Path | None = None, max_latents: int = 512) -> Path:
+def write_report(
+    run_dir: str | Path,
+    data: Dataset | None = None,
+    out: str | Path | None = None,
+    max_latents: int = 512,
+    progress: bool = False,
+) -> Path:
     """Write ``report.html`` for a run: config, metrics, curves, reconstructions, features, density, feature browser."""
     from sparseae.training import CONFIG_FILE, load_run_data, read_metrics, read_run_config
 
@@ -211,7 +218,7 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, out: str | Pa
     model = load(run_dir)
     data = data or load_run_data(run_dir, run, fix="Pass the data: write_report(run, data=...).")
     metrics = read_metrics(run_dir)
-    browser = browser_data(model, data, max_latents)
+    browser = browser_data(model, data, max_latents, progress)
     with torch.no_grad():
         recon = model.reconstruct(data.test[:10])
     shape = image_shape(tuple(data.test.shape[1:]))

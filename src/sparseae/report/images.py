@@ -30,14 +30,18 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def image_grid(rows: list[Tensor], pad: int = 2, scale: int = 2) -> np.ndarray:
-    """Tile rows of images ``(N, C, H, W)`` (values in [0, 1]; C = 1 or 3) into one uint8 picture."""
-    n, c, h, w = rows[0].shape
+    """Tile rows of images ``(N, C, H, W)`` (values in [0, 1]; C = 1 or 3) into one uint8 picture.
+
+    The picture is as wide as the longest row; shorter rows leave white space.
+    """
+    n = max(len(images) for images in rows)
+    _, c, h, w = rows[0].shape
     cell_h, cell_w = h * scale + pad, w * scale + pad
     grid = np.full((len(rows) * cell_h + pad, n * cell_w + pad, c), 255, np.uint8)
     for r, images in enumerate(rows):
         pixels = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
         pixels = pixels.permute(0, 2, 3, 1).numpy().repeat(scale, 1).repeat(scale, 2)  # (N, H*s, W*s, C)
-        for i in range(n):
+        for i in range(len(images)):
             y, x = pad + r * cell_h, pad + i * cell_w
             grid[y : y + h * scale, x : x + w * scale] = pixels[i]
     return grid[..., 0] if c == 1 else grid
