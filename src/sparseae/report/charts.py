@@ -49,8 +49,9 @@ def chart(
     height: int = 300,
     log_y: bool = False,
     marks: list[tuple[float, str]] | None = None,
+    legend: str = "right",
 ) -> str:
-    """An SVG chart of ``series`` with axes, ticks, a legend and optional vertical ``marks`` (x, label)."""
+    """An SVG chart of ``series``: axes, ticks, a legend at the top ``legend`` corner, vertical ``marks`` (x, label)."""
     left, right, top, bottom = 64, 16, 28, 44
     xs = [v for s in series for v in s.x] + [m[0] for m in marks or []]
     ys = [v for s in series for v in s.y if not (log_y and v <= 0)]
@@ -114,7 +115,8 @@ def chart(
         else:
             path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-        out.append(f'<rect x="{left + 8}" y="{top + 8 + 14 * i}" width="10" height="10" fill="{color}"/>')
-        out.append(f'<text x="{left + 22}" y="{top + 17 + 14 * i}">{escape(s.name)}</text>')
+        lx = left + 8 if legend == "left" else left + pw - 8 - 14 - 7 * max(len(t.name) for t in series)
+        out.append(f'<rect x="{lx}" y="{top + 8 + 14 * i}" width="10" height="10" fill="{color}"/>')
+        out.append(f'<text x="{lx + 14}" y="{top + 17 + 14 * i}">{escape(s.name)}</text>')
     out.append("</svg>")
     return "\n".join(out)

@@ -134,6 +134,7 @@ def density_chart(freq: list[float], n: int) -> str:
         "log10 activation frequency",
         "latents",
         marks=[(-1.0, "dense > 10%")],
+        legend="left",
     )
 
 
