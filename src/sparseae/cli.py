@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
-import torch
 
 from sparseae._config import coerce, field_docs
 from sparseae.data import DataConfig, Dataset, load_data
@@ -454,11 +453,7 @@ def _encode(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model = load(args.run_dir, device)
     x = _run_data(args.run_dir, None).test if args.input is None else _read_inputs(args.input, model.input_shape)
-    codes = []
-    with torch.no_grad():
-        for i in range(0, len(x), args.batch_size):
-            codes.append(model.encode(torch.as_tensor(np.asarray(x[i : i + args.batch_size])).float().to(device)).cpu())
-    out = torch.cat(codes).numpy()
+    out = model.encode_all(x, args.batch_size).numpy()
     buffer = io.BytesIO()
     np.save(buffer, out)
     atomic_write(args.output, buffer.getvalue())

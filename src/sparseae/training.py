@@ -33,7 +33,7 @@ from sparseae.io import atomic_write, model_from_cfg, read_json, read_tensors, s
 from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
 from sparseae.report import image_grid, save_image_grid
-from sparseae.report.features import feature_images, image_shape
+from sparseae.report.features import feature_tiles
 
 log = logging.getLogger("sparseae")
 
@@ -195,14 +195,8 @@ def probe(model: Autoencoder, data: Dataset, batch_size: int = 1000) -> float:
         got="no labels",
         fix="Probe only labelled data sets such as MNIST.",
     )
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        codes = [torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-                 for x in (data.train, data.test)]  # fmt: skip
-    model.train(was_training)
-    return linear_probe(codes[0], data.train_labels, codes[1], data.test_labels)
+    train, test = model.encode_all(data.train, batch_size), model.encode_all(data.test, batch_size)
+    return linear_probe(train, data.train_labels, test, data.test_labels)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -391,12 +385,10 @@ class _Job:
             for key, value in record.items():
                 if key not in ("epoch", "step"):
                     self.writer.add_scalar(key, value, step)
-            shape = image_shape(model.input_shape)
-            if shape is not None:
-                features = feature_images(model)[:100].reshape(-1, *shape).float().cpu()
-                features = 0.5 + 0.5 * features / features.flatten(1).abs().amax(1).clamp(min=1e-12)[:, None, None, None]
-                self.writer.add_image("features", image_grid([features[i : i + 10] for i in range(0, len(features), 10)]), step,
-                                      dataformats="HW" if shape[0] == 1 else "HWC")  # fmt: skip
+            tiles = feature_tiles(model)
+            if tiles is not None:
+                grid = image_grid([tiles[i : i + 10] for i in range(0, min(len(tiles), 100), 10)])
+                self.writer.add_image("features", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
             self.writer.flush()
 
     def result(self) -> TrainResult:

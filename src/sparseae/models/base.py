@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from sparseae._config import to_dict
@@ -85,6 +87,22 @@ class Autoencoder(nn.Module):
 
     def after_step(self) -> None:
         """After the optimizer step (e.g. renormalise weights)."""
+
+    @torch.no_grad()
+    def encode_all(self, x: Any, batch_size: int = 1000) -> Tensor:
+        """The codes of every sample of ``x`` (tensor or array, ``(N, *input_shape)``), in eval mode, on the CPU."""
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            codes = []
+            for i in range(0, len(x), batch_size):
+                chunk = x[i : i + batch_size]
+                chunk = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk, dtype=np.float32))
+                codes.append(self.encode(chunk.float().to(device)).cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(codes)  # (N, n_latents)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """``decode(encode(x))``."""

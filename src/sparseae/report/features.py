@@ -44,6 +44,19 @@ def feature_images(model: Autoencoder, weights: Literal["decoder", "encoder"] = 
     raise TypeError(f"no feature picture for {type(model).__name__}")
 
 
+def feature_tiles(model: Autoencoder, weights: Literal["decoder", "encoder"] = "decoder") -> Tensor | None:
+    """Every feature as an image ``(n_latents, C, H, W)`` in [0, 1], or ``None`` when inputs are not images.
+
+    Each is scaled so that its largest |value| is black or white; 0 is gray.
+    """
+    shape = image_shape(model.input_shape)
+    if shape is None:
+        return None
+    features = feature_images(model, weights).reshape(-1, *shape).float().cpu()
+    peak = features.flatten(1).abs().amax(1).clamp(min=1e-12)
+    return 0.5 + 0.5 * features / peak[:, None, None, None]
+
+
 def save_feature_grid(
     model: Autoencoder,
     path: str | Path,
@@ -52,13 +65,11 @@ def save_feature_grid(
     scale: int = 3,
     weights: Literal["decoder", "encoder"] = "decoder",
 ) -> Path:
-    """Draw the first ``n`` features, each scaled so that its largest |value| is black or white (0 is gray)."""
-    shape = image_shape(model.input_shape)
-    if shape is None:
+    """Draw the first ``n`` features as :func:`feature_tiles`, ``columns`` to a row."""
+    tiles = feature_tiles(model, weights)
+    if tiles is None:
         raise ValueError(f"inputs of shape {model.input_shape} are not images")
-    features = feature_images(model, weights).reshape(-1, *shape)[:n].float().cpu()
-    peak = features.flatten(1).abs().amax(1).clamp(min=1e-12)
-    features = 0.5 + 0.5 * features / peak[:, None, None, None]
+    features, shape = tiles[:n], tuple(tiles.shape[1:])
     rows = [features[i : i + columns] for i in range(0, len(features), columns)]
     if len(rows) > 1 and len(rows[-1]) < columns:  # pad the last row with gray tiles
         rows[-1] = torch.cat([rows[-1], torch.full((columns - len(rows[-1]), *shape), 0.5)])

@@ -23,7 +23,7 @@ from sparseae.data import Dataset
 from sparseae.io import atomic_write, load
 from sparseae.models import Autoencoder
 from sparseae.report.charts import Series, chart
-from sparseae.report.features import feature_images, image_shape
+from sparseae.report.features import feature_tiles, image_shape
 from sparseae.report.images import encode_png, image_grid
 
 REPORT_FILE, COMPARE_FILE = "report.html", "compare.html"
@@ -36,25 +36,15 @@ def _png_uri(images: Tensor, scale: int = 2) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image_grid([images[None]], pad=0, scale=scale))).decode()
 
 
-def _feature_uri(feature: Tensor, shape: tuple[int, int, int]) -> str:
-    f = feature.reshape(shape).float()
-    return _png_uri(0.5 + 0.5 * f / f.abs().max().clamp(min=1e-12))
-
-
-@torch.no_grad()
-def _codes(model: Autoencoder, x: Tensor, batch_size: int = 1000) -> Tensor:
-    device = next(model.parameters()).device
-    return torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-
-
-def browser_data(model: Autoencoder, data: Dataset, max_latents: int = 512, progress: bool = False) -> dict[str, Any]:
-    """Everything the feature browser shows, computed on the test split."""
+def browser_data(
+    model: Autoencoder, data: Dataset, codes: Tensor, max_latents: int = 512, progress: bool = False
+) -> dict[str, Any]:
+    """Everything the feature browser shows, from the test split and its ``codes`` ``(N, n_latents)``."""
     x = data.test
-    codes = _codes(model, x)  # (N, n_latents)
     freq = (codes != 0).double().mean(0)
     mean = codes.double().mean(0)
     shape = image_shape(tuple(x.shape[1:]))
-    features = feature_images(model).cpu() if shape else None
+    tiles = feature_tiles(model) if shape else None
     order = torch.argsort(freq, descending=True)[:max_latents]
     top_values, top_index = codes.topk(min(TOP_INPUTS, len(codes)), dim=0)  # (TOP, n_latents)
     names = data.label_names
@@ -82,7 +72,7 @@ def browser_data(model: Autoencoder, data: Dataset, max_latents: int = 512, prog
                 inputs[i] = entry
         latents.append({
             "id": j, "freq": float(freq[j]), "mean": float(mean[j]), "hist": hist, "top": top,
-            "img": _feature_uri(features[j], shape) if features is not None and shape else None,
+            "img": _png_uri(tiles[j]) if tiles is not None else None,
         })  # fmt: skip
     return {"latents": latents, "inputs": {str(k): v for k, v in inputs.items()}, "n_latents": model.n_latents, "n": len(x)}
 
@@ -219,7 +209,8 @@ def write_report(
     model = load(run_dir)
     data = data or load_run_data(run_dir, run, fix="Pass the data: write_report(run, data=...).")
     metrics = read_metrics(run_dir)
-    browser = browser_data(model, data, max_latents, progress)
+    codes = model.encode_all(data.test)
+    browser = browser_data(model, data, codes, max_latents, progress)
     with torch.no_grad():
         recon = model.reconstruct(data.test[:10])
     shape = image_shape(tuple(data.test.shape[1:]))
@@ -232,7 +223,7 @@ def write_report(
         pictures = image_grid([data.test[:10].reshape(-1, *shape), recon.reshape(-1, *shape)])
         uri = "data:image/png;base64," + base64.b64encode(encode_png(pictures)).decode()
         parts.append(f'<h2>Reconstructions</h2><p>Test inputs above their reconstructions.</p><img class="pix" src="{uri}">')
-    freq = [float(v) for v in (_codes(model, data.test) != 0).double().mean(0)]
+    freq = [float(v) for v in (codes != 0).double().mean(0)]
     parts.append("<h2>Latent density</h2>" + density_chart(freq, len(data.test)))
     parts.append(
         f"<h2>Features</h2><p>{len(browser['latents'])} of {model.n_latents} latents. Click one, or type its number.</p>"
