@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import sparseae
+from sparseae.data.patches import load_patches
 from sparseae.report import save_feature_grid
 from sparseae.sparsity import build_sparsity
 
@@ -34,19 +35,13 @@ IMAGES, RESULTS = ROOT / "docs" / "images", ROOT / "docs" / "results"
 def natural_patches(n: int = 10_000, size: int = 8, seed: int = 0) -> np.ndarray:
     """Random grayscale patches of scikit-learn's two sample photographs, normalised as in Ng's ``sampleIMAGES.m``.
 
-    Each patch's mean is removed, values are clipped to +-3 standard deviations
-    and [-1, 1] is mapped to [0.1, 0.9] for the sigmoid output. (Ng's photographs
-    were whitened beforehand; these are not, so the edges come out smoother.)
+    The raw patches come from :func:`sparseae.data.patches.load_patches` (both of its splits,
+    shape ``(n, size * size)`` here). Each patch's mean is removed, values are clipped to +-3
+    standard deviations and [-1, 1] is mapped to [0.1, 0.9] for the sigmoid output. (Ng's
+    photographs were whitened beforehand; these are not, so the edges come out smoother.)
     """
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(seed)
-    photos = [img.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255 for img in load_sample_images().images]
-    out = np.empty((n, size * size))
-    for i in range(n):
-        img = photos[rng.integers(len(photos))]
-        y, x = rng.integers(img.shape[0] - size), rng.integers(img.shape[1] - size)
-        out[i] = img[y : y + size, x : x + size].ravel()
+    raw = load_patches(patch_size=size, n_patches=n, mode="gray", seed=seed)
+    out = torch.cat([raw.train, raw.test]).flatten(1).double().numpy()  # (n, size * size)
     out -= out.mean(1, keepdims=True)
     limit = 3 * out.std()
     return (np.clip(out, -limit, limit) / limit + 1) * 0.4 + 0.1

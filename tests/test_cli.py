@@ -73,7 +73,7 @@ def test_encode_refuses_to_overwrite(run_dir, tmp_path, capsys):
         (["eval", "nowhere"], "nowhere: expected a run or model directory"),
         (["train", "--batch-size", "0", *SMALL], "batch_size: expected an integer >= 1, got 0"),
         (["train", "--weight", "-1", *SMALL], "l1 weight: expected a finite number >= 0, got -1.0"),
-        (["train", "--data", "no/such/dir", *SMALL], "no/such/dir: expected a directory of MNIST-layout IDX files"),
+        (["train", "--data", "no/such/dir", *SMALL], "no/such/dir' (no such file or directory). Check the path"),
         (["train", "--device", "cuda:7", *SMALL], "device: expected a device this machine has"),
     ],
 )

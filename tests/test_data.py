@@ -121,6 +121,6 @@ def test_checksum_mismatch(tmp_path):
 def test_subset_keeps_labels_and_config(mnist):
     sub = mnist.subset(100, 10)
     assert len(sub.train) == 100 and len(sub.test_labels) == 10
-    assert sub.config == sparseae.DataConfig("mnist", 100, 10)
+    assert sub.config == sparseae.DataConfig("mnist", train_limit=100, test_limit=10)
     with pytest.raises(sparseae.SparseAEError, match="expected a positive number of samples, got 0"):
         mnist.subset(0)

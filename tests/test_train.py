@@ -5,6 +5,8 @@ import torch
 
 import sparseae
 import sparseae.training as train_module
+from sparseae._config import to_dict
+from sparseae.data import DataConfig
 from sparseae.training import KerasAdam
 
 STEPS = 300  # batch 128: 0.64 of an epoch on the full 60,000 training digits
@@ -80,7 +82,7 @@ def test_saved_run_loads_back_with_same_outputs(small, tmp_path):
         "reconstructions.png",
     }
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["data"] == {"source": "mnist", "train_limit": 2048, "test_limit": 512}
+    assert config["data"] == {**to_dict(DataConfig()), "source": "mnist", "train_limit": 2048, "test_limit": 512}
     assert config["model"]["sparsity"] == {"name": "l1", "params": {"weight": 1e-4}}
 
 

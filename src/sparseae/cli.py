@@ -21,12 +21,13 @@ from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 
-from sparseae._config import coerce, field_docs
-from sparseae.data import DataConfig, Dataset, load_data
+from sparseae._config import coerce, field_docs, from_dict
+from sparseae.data import NAMED_SOURCES, DataConfig, Dataset, load_data
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load, read_json
 from sparseae.models import build_preset, get_preset, list_presets
 from sparseae.models.presets import Preset
+from sparseae.preprocess import STEPS
 from sparseae.report import write_comparison, write_report
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
 from sparseae.training import (
@@ -90,7 +91,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[common], help="Recompute a run's test metrics.")
     p.add_argument("run_dir", type=Path, metavar="RUN")
-    p.add_argument("--data", help="Evaluate on this data instead of the run's ('mnist' or an IDX directory).")
+    p.add_argument("--data", help="Evaluate on this data instead of the run's test split (a source as for `train --data`).")
     p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
     p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")
     p.add_argument("--probe", action="store_true", help="Also fit a linear probe on the codes (labelled data only).")
@@ -135,7 +136,15 @@ def _add_training_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--config", type=Path, metavar="FILE.json", help="Default values for any of these flags, as a JSON object.")
     model, sparsity = _chosen(argv)
     preset = get_preset(model)
-    _add_model_args(p.add_argument_group(f"{model} model", preset.doc), preset)
+    group = p.add_argument_group(f"{model} model", preset.doc)
+    group.add_argument(
+        "--preprocess",
+        default="none",
+        metavar="STEPS",
+        help="Input preprocessing fitted on the training data and saved with the model, comma-separated, in order: "
+        f"{', '.join(STEPS)} (e.g. norm for embeddings, center,zca for image patches; default: none).",
+    )
+    _add_model_args(group, preset)
     _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
     _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
     _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
@@ -314,9 +323,21 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
     config = _dataclass_from_args(TrainConfig, args)
     data_config = _dataclass_from_args(DataConfig, args)
-    if data_config.source != "mnist":
-        data_config = dataclasses.replace(data_config, source=str(Path(data_config.source).resolve()))
+    data_config = dataclasses.replace(
+        data_config,
+        source=_absolute_source(data_config.source),
+        test_source=data_config.test_source and _absolute_source(data_config.test_source),
+    )
     return config, load_data(data_config), args.sparsity or get_preset(args.model).sparsity
+
+
+def _absolute_source(source: str) -> str:
+    """A path source made absolute (so that the run can find it from anywhere); names kept."""
+    if source in NAMED_SOURCES:
+        return source
+    if source.startswith("patches:"):
+        return "patches:" + str(Path(source.partition(":")[2]).resolve())
+    return str(Path(source).resolve())
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -326,7 +347,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config, data, name = _setup(args)
         sparsity = build_sparsity(name, **_prefixed(args, "hp."))
-        model = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed, **_prefixed(args, "model."))
+        model = build_preset(
+            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **_prefixed(args, "model.")
+        )
         out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
         log.info("training %s with %s(%s) on %s -> %s", args.model, name, sparsity.extra_repr(), data.name, out)
         result = train(model, data, config, out, progress=progress)
@@ -364,7 +387,9 @@ def _sweep(args: argparse.Namespace) -> int:
         params, fields = dict(hp), dict(model_fields)
         (params if key in hp else fields)[key] = value
         sparsity = build_sparsity(name, **params)
-        models[f"{key}={value}"] = build_preset(args.model, data.sample_shape, sparsity, seed=config.seed, **fields)
+        models[f"{key}={value}"] = build_preset(
+            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **fields
+        )
     out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{key}"
     start = time.perf_counter()
     results = sweep(models, data, config, out, progress=not args.quiet)
@@ -404,7 +429,8 @@ def _default_run_dir(model: str, sparsity: str) -> Path:
 def _run_data(run_dir: Path, override: str | None) -> Dataset:
     run = read_run_config(run_dir)
     if override is not None:
-        return load_data(DataConfig(override))
+        saved = from_dict(DataConfig, run["data"], f"{run_dir} data") if run["data"] else DataConfig()
+        return load_data(dataclasses.replace(saved, source=_absolute_source(override), test_source=None))
     return load_run_data(run_dir, run, fix="Pass --data.")
 
 

@@ -103,7 +103,10 @@ def model_from_cfg(cfg: Any, what: str) -> Autoencoder:
     cls = get_model_class(cfg.get("kind", ""))
     config = from_dict(cls.config_class, cfg.get("config"), f"{what} config")
     sparsity = cfg.get("sparsity") or {}
-    return cls(config, build_sparsity(sparsity.get("name", ""), **(sparsity.get("params") or {})))
+    preprocess = cfg.get("preprocess", [])
+    if not isinstance(preprocess, list) or not all(isinstance(s, str) for s in preprocess):
+        raise SparseAEError(f"{what} preprocess", expected="a list of step names", got=repr(preprocess), fix="Check the file.")
+    return cls(config, build_sparsity(sparsity.get("name", ""), **(sparsity.get("params") or {})), tuple(preprocess))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:

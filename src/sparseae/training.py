@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 import sparseae
 from sparseae._config import from_dict, to_dict
-from sparseae.data import DataConfig, Dataset, load_data
+from sparseae.data import DataConfig, Dataset, Stream, load_data
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, model_from_cfg, read_json, read_tensors, save_model, write_json, write_tensors
 from sparseae.metrics import Accumulator, linear_probe
@@ -178,7 +179,7 @@ def evaluate(
     for i in tqdm(range(0, len(x), batch_size), desc="evaluating", disable=not progress, leave=False):
         batch = x[i : i + batch_size].to(device)
         out = model(batch)
-        acc.update(batch, out.recon, out.code)
+        acc.update(out.target, out.recon, out.code)
     model.train(was_training)
     return acc.result()
 
@@ -335,7 +336,7 @@ class _Job:
         start = time.perf_counter()
         model, optimizer = self.model, self.optimizer
         out = model(x)
-        recon = reconstruction_loss(self.config.loss, out.recon, x)
+        recon = reconstruction_loss(self.config.loss, out.recon, out.target)
         loss = recon + out.penalty + out.aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -441,11 +442,14 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
         log.info("training had already finished (%d steps)", step)
         return
     if prepare:
-        sample = data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device)
+        if isinstance(data.train, Stream):
+            sample = data.train.sample(PREPARE_SAMPLES, config.seed).to(device)
+        else:
+            sample = data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device)
         for job in jobs:
-            job.model.prepare(sample)
+            job.model.initialise(sample)
     while step < total_steps:
-        order = epoch_order(n, config.seed, epoch)
+        batches = _epoch_batches(data.train, config.batch_size, config.seed, epoch)
         epoch_steps = min(steps_per_epoch, total_steps - step)
         for job in jobs:
             job.begin_epoch()
@@ -453,7 +457,7 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
         shared = 0.0  # seconds spent on the batches themselves, shared by every job
         for i in range(epoch_steps):
             start = time.perf_counter()
-            x = data.train[order[i * config.batch_size : (i + 1) * config.batch_size]].to(device, non_blocking=True)
+            x = next(batches).to(device, non_blocking=True)
             shared += time.perf_counter() - start
             outcomes = [job.step(x) for job in jobs]
             bar.update()
@@ -470,6 +474,16 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
     for job in jobs:
         if job.writer is not None:
             job.writer.close()
+
+
+def _epoch_batches(x: Tensor | Stream, batch_size: int, seed: int, epoch: int) -> Iterator[Tensor]:
+    """The shuffled batches of one epoch: of an in-memory tensor by :func:`epoch_order`, of a stream by its own buffer."""
+    if isinstance(x, Stream):
+        yield from x.batches(batch_size, seed, epoch)
+        return
+    order = epoch_order(len(x), seed, epoch)
+    for i in range(0, len(x), batch_size):
+        yield x[order[i : i + batch_size]]
 
 
 def sweep(

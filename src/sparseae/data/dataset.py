@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from torch import Tensor
 
+from sparseae.data.stream import Stream
 from sparseae.errors import SparseAEError, check
 
 
@@ -14,24 +16,74 @@ class DataConfig:
     """Where a data set comes from, so a run can load it again (resume, eval)."""
 
     source: str = "mnist"
-    """'mnist' (shipped with sparseae) or a directory of MNIST-layout IDX files
-    (train-images-idx3-ubyte[.gz] and the other three), e.g. Fashion-MNIST."""
+    """What to train on: 'mnist' (shipped), 'fashion-mnist' or 'kmnist' (downloaded on first
+    use); an array file (.npy .npz .safetensors .pt .csv .parquet); a directory of images
+    (labels from sub-folder names); a directory of MNIST-layout IDX files; a shard cache
+    (a directory with manifest.json, e.g. from `sparseae cache-activations`); 'patches' or
+    'patches:PATH' (natural-image patches of scikit-learn's photos or of your images); or
+    'lm' (language-model activations, set by the --lm-* flags)."""
+    test_source: str | None = None
+    """Test samples from a separate file or directory, in the same form as the source.
+    Otherwise sources without a test split hold out --test-fraction of their rows."""
+    test_fraction: float = 0.1
+    """Share of the rows held out for testing when the source has no test split (random
+    blocks of neighbouring rows, the same for every run on the same file)."""
     train_limit: int | None = None
     """Use only the first N training samples (all when unset)."""
     test_limit: int | None = None
     """Use only the first N test samples (all when unset)."""
+    key: str | None = None
+    """The array holding the samples in a .npz, .safetensors or .pt file with several
+    (found by itself for one array, 'x', or Keras' x_train/x_test)."""
+    label_column: str | None = None
+    """Labels: a CSV/Parquet column (name or number) or an array name in .npz/.safetensors/.pt."""
+    image_size: int | None = None
+    """Resize images to this many pixels square (needed when a folder's images differ in size)."""
+    image_mode: Literal["auto", "gray", "rgb"] = "auto"
+    """Colour of images and patches: 'auto' is gray when every image is, else RGB."""
+    patch_size: int = 8
+    """Side of the square natural-image patches (source 'patches')."""
+    n_patches: int = 50_000
+    """Patches to cut, train and test together (source 'patches')."""
+    load: Literal["auto", "memory", "stream"] = "auto"
+    """'memory' reads the data into RAM; 'stream' reads shuffled batches from disk through a
+    buffer (.npy, .safetensors and shard caches), for data larger than memory; 'auto'
+    streams those files when they are larger than --memory-limit-gb."""
+    memory_limit_gb: float = 4.0
+    """Files larger than this are streamed under --load auto."""
+    shuffle_buffer: int = 262_144
+    """Rows in the shuffle buffer of streamed data: batches are drawn at random from this
+    many rows, read in chunks from across the file."""
+
+    def __post_init__(self) -> None:
+        check(
+            0 < self.test_fraction < 1,
+            "test_fraction",
+            expected="a fraction between 0 and 1 (exclusive)",
+            got=self.test_fraction,
+            fix="Use e.g. 0.1.",
+        )
+        for name in ("train_limit", "test_limit", "image_size"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, expected="a positive integer, or unset", got=value, fix="Leave it unset.")
+        for name in ("patch_size", "n_patches", "shuffle_buffer"):
+            value = getattr(self, name)
+            check(value >= 1, name, expected="a positive integer", got=value, fix=f"Pass a positive {name}.")
+        check(self.memory_limit_gb > 0, "memory_limit_gb", expected="a number > 0", got=self.memory_limit_gb, fix="Use e.g. 4.")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test samples as float32 tensors of shape ``(N, *sample_shape)``.
+    """Train and test samples, float32 ``(N, *sample_shape)``: tensors, or streams read from disk.
 
-    Labels, where the data has them, are int64 tensors of shape ``(N,)``.
+    Labels, where the data has them, are int64 tensors of shape ``(N,)``. A split that is a
+    :class:`~sparseae.data.stream.Stream` is read batch by batch (data larger than memory);
+    a test split on disk is a :class:`~sparseae.data.stream.RowStream`, which slices like a tensor.
     """
 
     name: str
-    train: Tensor
-    test: Tensor
+    train: Tensor | Stream
+    test: Tensor | Stream
     train_labels: Tensor | None = None
     test_labels: Tensor | None = None
     config: DataConfig | None = None
@@ -42,7 +94,12 @@ class Dataset:
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.train, self.train_labels), ("test", self.test, self.test_labels)):
             check(
-                isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2 and len(x) > 0,
+                isinstance(x, Stream)
+                and len(x) > 0
+                or isinstance(x, Tensor)
+                and x.is_floating_point()
+                and x.ndim >= 2
+                and len(x) > 0,
                 f"{self.name} {split} split",
                 expected="a non-empty floating-point tensor of shape (N, *sample_shape)",
                 got=_describe(x),
@@ -53,7 +110,7 @@ class Dataset:
                     f"{self.name} {split} labels",
                     expected=f"one label per sample ({len(x)})",
                     got=f"{len(y)} labels",
-                    fix="Pass the label file that belongs to these images.",
+                    fix="Pass the labels that belong to these samples.",
                 )
         check(
             self.train.shape[1:] == self.test.shape[1:],
@@ -67,6 +124,11 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the train split is read batch by batch rather than held in memory."""
+        return isinstance(self.train, Stream)
+
     def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
         """The first ``train`` / ``test`` samples of each split (``None`` keeps all)."""
         for what, n in (("train", train), ("test", test)):
@@ -78,8 +140,12 @@ class Dataset:
                 fix="Leave it unset to use the whole split.",
             )
 
-        def head(t: Tensor | None, n: int | None) -> Tensor | None:
-            return t if t is None or n is None else t[:n]
+        def head(t: Any, n: int | None) -> Any:
+            if t is None or n is None:
+                return t
+            if isinstance(t, Stream):
+                return t.take(n)
+            return t[:n]
 
         config = self.config and replace(self.config, train_limit=train, test_limit=test)
         return Dataset(
@@ -96,4 +162,6 @@ class Dataset:
 def _describe(x: object) -> str:
     if isinstance(x, Tensor):
         return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    if isinstance(x, Stream):
+        return "an empty stream"
     return type(x).__name__

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from sparseae._config import to_dict
 from sparseae.errors import SparseAEError
+from sparseae.preprocess import Preprocessing
 from sparseae.sparsity import Sparsity
 
 
@@ -18,13 +19,15 @@ class ModelOutput(NamedTuple):
     """What a forward pass returns."""
 
     recon: Tensor
-    """Reconstruction, the input's shape."""
+    """Reconstruction of ``target``, the input's shape."""
     code: Tensor
     """Sparse code, ``(B, n_latents)``."""
     penalty: Tensor
     """Scalar sparsity penalty for this batch, added to the loss."""
     aux: Tensor
     """Scalar auxiliary loss of the model (AuxK, weight decay), added to the loss."""
+    target: Tensor
+    """What ``recon`` reconstructs: the input after the model's preprocessing (the input itself without any)."""
 
 
 class Autoencoder(nn.Module):
@@ -34,6 +37,10 @@ class Autoencoder(nn.Module):
     implement :meth:`pre_activations` and :meth:`decode`. The trainer also
     calls :meth:`prepare` once before training, and :meth:`before_step` /
     :meth:`after_step` around every optimizer step.
+
+    ``preprocess`` names input transforms fitted on the training data before training
+    (see :mod:`sparseae.preprocess`); they are part of the model: saved with it and
+    applied by :meth:`encode`, undone by :meth:`reconstruct`.
     """
 
     kind: str = ""
@@ -42,11 +49,12 @@ class Autoencoder(nn.Module):
     input_fields: tuple[str, ...] = ()
     """Config fields that the data decides (e.g. the image size); not user settings."""
 
-    def __init__(self, config: Any, sparsity: Sparsity):
+    def __init__(self, config: Any, sparsity: Sparsity, preprocess: str | tuple[str, ...] | None = None):
         super().__init__()
         self.config = config
         self.sparsity = sparsity
         sparsity.setup(config.n_latents)
+        self.preprocess = Preprocessing(preprocess, self.input_shape)
 
     @property
     def n_latents(self) -> int:
@@ -66,21 +74,28 @@ class Autoencoder(nn.Module):
         raise NotImplementedError
 
     def encode(self, x: Tensor) -> Tensor:
-        """The sparse code of ``x``, ``(B, n_latents)``."""
-        return self.sparsity(self.pre_activations(x))
+        """The sparse code of raw inputs ``x``, ``(B, n_latents)``."""
+        return self.sparsity(self.pre_activations(self.preprocess(x)))
 
     def forward(self, x: Tensor) -> ModelOutput:
+        """Preprocess, encode, constrain, decode: everything the loss needs, for raw inputs ``x``."""
+        x = self.preprocess(x)
         pre = self.pre_activations(x)
         code = self.sparsity(pre)
         recon = self.decode(code)
-        return ModelOutput(recon, code, self.sparsity.penalty(code, pre), self.auxiliary_loss(x, pre, code, recon))
+        return ModelOutput(recon, code, self.sparsity.penalty(code, pre), self.auxiliary_loss(x, pre, code, recon), x)
 
     def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
         """Extra loss terms of the model itself; zero by default."""
         return recon.new_zeros(())
 
+    def initialise(self, x: Tensor) -> None:
+        """Before training: fit the preprocessing on raw training inputs ``x``, then :meth:`prepare` on them preprocessed."""
+        self.preprocess.fit(x)
+        self.prepare(self.preprocess(x))
+
     def prepare(self, x: Tensor) -> None:
-        """Data-dependent initialisation from a sample of training inputs; nothing by default."""
+        """Data-dependent initialisation from a sample of (preprocessed) training inputs; nothing by default."""
 
     def before_step(self) -> None:
         """After the backward pass, before the optimizer step (e.g. edit gradients)."""
@@ -105,8 +120,8 @@ class Autoencoder(nn.Module):
         return torch.cat(codes)  # (N, n_latents)
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """``decode(encode(x))``."""
-        return self.decode(self.encode(x))
+        """``decode(encode(x))``, in the raw inputs' units (the preprocessing undone)."""
+        return self.preprocess.inverse(self.decode(self.encode(x)), x)
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (weights aside); saved as ``cfg.json``."""
@@ -114,6 +129,7 @@ class Autoencoder(nn.Module):
             "kind": self.kind,
             "config": to_dict(self.config),
             "sparsity": {"name": self.sparsity.name, "params": self.sparsity.get_params()},
+            "preprocess": list(self.preprocess.steps),
         }
 
 

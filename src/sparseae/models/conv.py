@@ -85,8 +85,8 @@ class ConvAutoencoder(Autoencoder):
     config_class = ConvConfig
     input_fields = ("in_channels", "image_size")
 
-    def __init__(self, config: ConvConfig, sparsity: Sparsity):
-        super().__init__(config, sparsity)
+    def __init__(self, config: ConvConfig, sparsity: Sparsity, preprocess: str | tuple[str, ...] | None = None):
+        super().__init__(config, sparsity, preprocess)
         c = config
         layers: list[nn.Module] = []
         ch = c.in_channels

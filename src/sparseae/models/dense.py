@@ -70,8 +70,8 @@ class DenseAutoencoder(Autoencoder):
     input_fields = ("input_shape",)
     samples_since_fired: Tensor
 
-    def __init__(self, config: DenseConfig, sparsity: Sparsity):
-        super().__init__(config, sparsity)
+    def __init__(self, config: DenseConfig, sparsity: Sparsity, preprocess: str | tuple[str, ...] | None = None):
+        super().__init__(config, sparsity, preprocess)
         c = config
         d, n = c.d_in, c.n_latents
         self.encoder = nn.Linear(d, n)

@@ -92,12 +92,15 @@ def build_preset(
     sample_shape: tuple[int, ...],
     sparsity: Sparsity | None = None,
     seed: int | None = None,
+    preprocess: str | tuple[str, ...] | None = None,
     **config: Any,
 ) -> Autoencoder:
     """The preset ``name`` for samples of ``sample_shape``, initialised from ``seed`` if given.
 
     Args:
         sparsity: The constraint on the code (default: the preset's own).
+        preprocess: Input preprocessing steps fitted before training, e.g. ``"norm"``
+            (see :mod:`sparseae.preprocess`).
         **config: Overrides of the model's config fields, e.g. ``n_latents=4096``.
     """
     preset = get_preset(name)
@@ -105,7 +108,7 @@ def build_preset(
         sparsity = build_sparsity(preset.sparsity, **preset.sparsity_params)
     fields = {**preset.defaults, **config, **preset.data_fields(tuple(sample_shape))}
     with seeded(seed):
-        return preset.model(preset.model.config_class(**fields), sparsity)
+        return preset.model(preset.model.config_class(**fields), sparsity, preprocess)
 
 
 def mnist_conv(weight: float = 1e-4, *, seed: int | None = 0, sparsity: Sparsity | None = None, **config: Any) -> ConvAutoencoder:
