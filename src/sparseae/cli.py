@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import io
 import logging
+import math
 import re
 import sys
 import time
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
+import torch
 
 from sparseae._config import coerce, field_docs, from_dict
-from sparseae.data import NAMED_SOURCES, DataConfig, Dataset, load_data
+from sparseae.data import NAMED_SOURCES, DataConfig, Dataset, RowStream, load_data, read_arrays
+from sparseae.data.stream import RowReader
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load, read_json
 from sparseae.models import build_preset, get_preset, list_presets
@@ -479,6 +482,7 @@ def _encode(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model = load(args.run_dir, device)
     x = _run_data(args.run_dir, None).test if args.input is None else _read_inputs(args.input, model.input_shape)
+    model.check_input(tuple(x.shape[1:]), str(args.input or "the run's test data"))
     out = model.encode_all(x, args.batch_size).numpy()
     buffer = io.BytesIO()
     np.save(buffer, out)
@@ -488,23 +492,18 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _read_inputs(path: Path, shape: tuple[int, ...]) -> Any:
-    if not path.is_file():
-        raise SparseAEError(str(path), expected="a .npy file of inputs", got="no such file", fix="Check --input.")
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise SparseAEError(
-            str(path), expected="a .npy array of numbers", got=f"an unreadable file ({e})", fix="Save it with numpy.save."
-        ) from None
-    check(
-        x.dtype.kind in "uif" and x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(shape)),
-        str(path),
-        expected=f"a numeric array (N, {', '.join(map(str, shape))}) or (N, {int(np.prod(shape))})",
-        got=f"{x.dtype} array of shape {x.shape}",
-        fix="Reshape the inputs to the model's input shape.",
-    )
-    x = x.reshape(len(x), *shape)
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+    """Inputs to encode from an array file (any format `train --data` reads), reshaped to the model's input shape."""
+    arrays = read_arrays(path)
+    if isinstance(arrays.x, RowReader):
+        eight_bit = arrays.x.read(0, 1).dtype == np.uint8
+        x = RowStream(arrays.x)[:]
+    else:
+        eight_bit, x = arrays.x.dtype == torch.uint8, arrays.x.float()
+    if eight_bit and x.ndim >= 3:
+        x = x / 255.0  # 8-bit images, as MNIST's files hold them
+    if math.prod(x.shape[1:]) == math.prod(shape) and tuple(x.shape[1:]) != shape:
+        x = x.reshape(len(x), *shape)  # flat rows for an image model, or images for a dense one
+    return x
 
 
 def _format_metrics(metrics: dict[str, Any], title: str) -> str:

@@ -172,6 +172,7 @@ def evaluate(
 
     See :mod:`sparseae.metrics` for the definitions.
     """
+    model.check_input(tuple(x.shape[1:]), "evaluation data")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -228,13 +229,7 @@ def train(
 
 
 def _check_fits(model: Autoencoder, data: Dataset, what: str) -> None:
-    check(
-        data.sample_shape == model.input_shape,
-        what,
-        expected=f"samples the model accepts, of shape {model.input_shape}",
-        got=f"shape {data.sample_shape}",
-        fix="Build the model for this data.",
-    )
+    model.check_input(data.sample_shape, what)
 
 
 def _new_run_dir(run_dir: Path, model: Autoencoder, config: TrainConfig, data: Dataset) -> Path:

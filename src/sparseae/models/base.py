@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -64,6 +65,17 @@ class Autoencoder(nn.Module):
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input sample."""
         raise NotImplementedError
+
+    def check_input(self, sample_shape: tuple[int, ...], what: str) -> None:
+        """Raise a clear error unless samples of ``sample_shape`` fit this model."""
+        if tuple(sample_shape) != self.input_shape:
+            width, want = math.prod(sample_shape), math.prod(self.input_shape)
+            raise SparseAEError(
+                what,
+                expected=f"samples of the model's input shape {self.input_shape} ({want} values each)",
+                got=f"shape {tuple(sample_shape)} ({width} values each)",
+                fix="Use data of the kind the model was trained on, or train a model for this data.",
+            )
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Encoder output before the constraint, ``(B, n_latents)``."""
