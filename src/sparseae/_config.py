@@ -69,6 +69,10 @@ def coerce(value: Any, hint: Any, what: str) -> Any:
             except SparseAEError:
                 pass
         raise _type_error(what, hint, value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if isinstance(value, dict):
+            return from_dict(hint, value, what)
+        raise _type_error(what, hint, value)
     if origin is Literal:
         if value in args:
             return value
