@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,3 +22,56 @@ def small(mnist: sparseae.Dataset) -> sparseae.Dataset:
 def _one_thread_set_seed():
     torch.manual_seed(0)
     yield
+
+
+# --- a tiny language model, built offline (tests of language-model activations) ---
+
+DOCS = [
+    "The cat sat on the mat.",
+    "A sparse autoencoder learns a dictionary of features from activations.",
+    "Language models predict the next token.",
+    "Residual streams carry information between the layers of a transformer.",
+    "Short.",
+    "Every sequence starts with the beginning-of-sequence token when the tokenizer has one.",
+] * 3
+BOS = "<|endoftext|>"
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory) -> Path:
+    """A GPT-2-like tokenizer (byte-level BPE, BOS = EOS = <|endoftext|>, no pad, no BOS added) and a 2-layer GPT-2, saved."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[BOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(DOCS, trainer)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS)
+    bos = tokenizer.bos_token_id
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=len(tokenizer), bos_token_id=bos, eos_token_id=bos
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    # A few steps of training on DOCS, so that the clean model predicts better than an ablated one.
+    ids = [torch.tensor([tokenizer.bos_token_id, *tokenizer(d, add_special_tokens=False)["input_ids"]]) for d in DOCS[:6]]
+    ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=-100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = model(input_ids=ids.clamp(min=0), attention_mask=(ids >= 0).long(), labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "docs.txt"
+    path.write_text("\n\n".join(DOCS) + "\n")
+    return path

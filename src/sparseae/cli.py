@@ -25,6 +25,8 @@ import torch
 
 from sparseae._config import coerce, field_docs, from_dict
 from sparseae.data import NAMED_SOURCES, DataConfig, Dataset, RowStream, load_data, read_arrays
+from sparseae.data.activations import ActivationConfig, cache_activations
+from sparseae.data.shards import ShardReader, is_shard_dir
 from sparseae.data.stream import RowReader
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load, read_json
@@ -98,7 +100,24 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
     p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")
     p.add_argument("--probe", action="store_true", help="Also fit a linear probe on the codes (labelled data only).")
+    p.add_argument(
+        "--ce-loss",
+        action="store_true",
+        help="Also measure the CE loss recovered (runs on language-model activations: --data lm or a cache of them).",
+    )
+    p.add_argument("--ce-batches", type=int, default=16, help="Forward passes for --ce-loss (default: %(default)s).")
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser(
+        "cache-activations",
+        parents=[common],
+        help="Collect a language model's activations into a shard cache to train from (--data CACHE).",
+        description=_LM_DOC,
+    )
+    _add_lm_args(p)
+    p.add_argument("--out", type=Path, required=True, help="New directory for the shards and their manifest.json.")
+    p.add_argument("--rows-per-shard", type=int, default=65_536, help="Rows per shard file (default: %(default)s).")
+    p.set_defaults(run=_cache_activations)
 
     p = sub.add_parser("report", parents=[common], help="Write a self-contained report.html with a feature browser.")
     p.add_argument("run_dir", type=Path, metavar="RUN")
@@ -118,7 +137,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         type=Path,
-        help="Inputs as .npy, (N, C, H, W), (N, H, W) or (N, C*H*W); uint8 is scaled by 1/255. Default: the run's test split.",
+        help="Inputs in an array file (.npy .npz .safetensors .pt .csv .parquet), in the model's input shape or flat; "
+        "8-bit images are scaled by 1/255. Default: the run's test split.",
     )
     p.add_argument("--output", type=Path, required=True, help="Where to write the codes, (N, n_latents) float32.")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
@@ -149,6 +169,7 @@ def _add_training_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     )
     _add_model_args(group, preset)
     _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
+    _add_lm_args(p.add_argument_group("language-model activations (--data lm)", _LM_DOC))
     _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
     _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
 
@@ -309,29 +330,66 @@ _parse_bool.__name__ = "true or false"
 
 
 def _add_dataclass_args(
-    parser: Any, cls: type, rename: dict[str, str] | None = None, defaults: dict[str, Any] | None = None
+    parser: Any, cls: type, rename: dict[str, str] | None = None, defaults: dict[str, Any] | None = None, prefix: str = ""
 ) -> None:
+    """A flag per field of ``cls`` (nested config dataclasses get their own group); required fields default to None."""
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        name = (rename or {}).get(f.name, f.name)
-        default = (defaults or {}).get(f.name, f.default)
+    for f in _flag_fields(cls):
+        name = prefix + (rename or {}).get(f.name, f.name)
+        default = (defaults or {}).get(f.name, None if f.default is dataclasses.MISSING else f.default)
         _add_flag(parser, name, f"{cls.__name__}.{f.name}", hints[f.name], default, docs.get(f.name, ""))
 
 
-def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    values = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)}
-    return cls(**values)
+def _flag_fields(cls: type) -> list[dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if not any(dataclasses.is_dataclass(a) for a in (hints[f.name], *get_args(hints[f.name])))
+    ]
+
+
+def _dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    values = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in _flag_fields(cls)}
+    return cls(**values, **extra)
 
 
 def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
     config = _dataclass_from_args(TrainConfig, args)
-    data_config = _dataclass_from_args(DataConfig, args)
+    lm = _lm_config(args) if args.__dict__["DataConfig.source"] == "lm" else None
+    data_config = _dataclass_from_args(DataConfig, args, lm=lm)
     data_config = dataclasses.replace(
         data_config,
         source=_absolute_source(data_config.source),
         test_source=data_config.test_source and _absolute_source(data_config.test_source),
     )
     return config, load_data(data_config), args.sparsity or get_preset(args.model).sparsity
+
+
+_LM_DOC = """Train on the activations of a Hugging Face causal language model (pip install 'sparseae[lm]'),
+computed as training goes; to train several epochs, write them once with `sparseae cache-activations`
+and train with --data CACHE_DIR."""
+
+
+def _add_lm_args(group: Any) -> None:
+    _add_dataclass_args(group, ActivationConfig, prefix="lm_")
+
+
+def _lm_config(args: argparse.Namespace) -> ActivationConfig:
+    values = {f.name: getattr(args, f"ActivationConfig.{f.name}") for f in dataclasses.fields(ActivationConfig)}
+    missing = [f"--lm-{name}" for name in ("model", "module", "text") if values[name] is None]
+    if missing:
+        raise SparseAEError(
+            "language-model activations",
+            expected="--lm-model, --lm-module and --lm-text",
+            got=f"no {', '.join(missing)}",
+            fix="For example --lm-model gpt2 --lm-module transformer.h.6 --lm-text corpus.txt.",
+        )
+    if not values["text"].startswith("hf:"):
+        values["text"] = str(Path(values["text"]).resolve())
+    if Path(values["model"]).exists():
+        values["model"] = str(Path(values["model"]).resolve())
+    return ActivationConfig(**values)
 
 
 def _absolute_source(source: str) -> str:
@@ -444,8 +502,44 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate(model, data.test, args.batch_size, device)
     if args.probe:
         metrics["linear_probe"] = probe(model, data, args.batch_size)
+    if args.ce_loss:
+        metrics.update(_ce_loss(model, args.run_dir, args))
     print(_format_metrics(metrics, f"{args.run_dir} on {data.name} test ({len(data.test)} samples)"))
     return 0
+
+
+def _cache_activations(args: argparse.Namespace) -> int:
+    config = _lm_config(args)
+    out = cache_activations(config, args.out, rows_per_shard=args.rows_per_shard, progress=not args.quiet)
+    meta = ShardReader(out).metadata
+    print(f"cached {meta.get('rows')} rows of width {meta.get('d_model')} in {out} ({meta.get('tokens_per_s')} tokens/s)")
+    return 0
+
+
+def _ce_loss(model: Any, run_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """CE loss recovered for a run trained on language-model activations, live or cached."""
+    run = read_run_config(run_dir)
+    data = from_dict(DataConfig, run["data"], f"{run_dir} data") if run["data"] else None
+    lm = data.lm if data is not None else None
+    if lm is None and data is not None and is_shard_dir(Path(data.source)):
+        meta = ShardReader(data.source).metadata
+        if meta.get("source") == "lm-activations":
+            lm = from_dict(ActivationConfig, meta["config"], f"{data.source} manifest")
+    if lm is None:
+        raise SparseAEError(
+            "--ce-loss",
+            expected="a run trained on language-model activations (--data lm, or a cache-activations directory)",
+            got=f"a run trained on {data.source if data else 'in-memory data'}",
+            fix="Use --ce-loss only for language-model SAEs.",
+        )
+    from sparseae.data.activations import ce_loss_recovered, load_lm, read_texts
+
+    lm_model, tokenizer = load_lm(lm.model, lm.device)
+    texts = read_texts(lm.text, text_column=lm.text_column, split=lm.split)
+    return ce_loss_recovered(
+        model, lm_model, tokenizer, lm.module, texts, context_length=lm.context_length, batch_size=lm.batch_size,
+        max_batches=args.ce_batches, exclude_bos=lm.exclude_bos,
+    )  # fmt: skip
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -450,11 +450,16 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
             job.begin_epoch()
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         shared = 0.0  # seconds spent on the batches themselves, shared by every job
+        taken = 0
         for i in range(epoch_steps):
             start = time.perf_counter()
-            x = next(batches).to(device, non_blocking=True)
+            x = next(batches, None)
+            if x is None:  # a stream that ran short of its stated length (e.g. text with fewer tokens)
+                break
+            x = x.to(device, non_blocking=True)
             shared += time.perf_counter() - start
             outcomes = [job.step(x) for job in jobs]
+            taken += 1
             bar.update()
             if progress and (i % 25 == 0 or i == epoch_steps - 1):
                 if len(jobs) == 1:
@@ -462,7 +467,9 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
                 else:
                     bar.set_postfix(models=len(jobs), loss=" ".join(f"{loss.item():.3g}" for loss, _ in outcomes))
         bar.close()
-        step += epoch_steps
+        if taken == 0:
+            raise SparseAEError("training data", expected="at least one batch per epoch", got="none", fix="Check the source.")
+        step += taken
         epoch += 1
         for job in jobs:
             job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), data, progress)

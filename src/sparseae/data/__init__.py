@@ -47,9 +47,7 @@ def _load(source: str, config: DataConfig) -> Dataset:
             images, patch_size=config.patch_size, n_patches=config.n_patches, mode=mode, test_fraction=config.test_fraction
         )
     if source == "lm":
-        raise SparseAEError(
-            "--data lm", expected="language-model settings", got="none", fix="Train from Python with sparseae.data.activations."
-        )
+        return _load_lm(config)
     path = Path(source)
     if path.is_dir():
         if is_shard_dir(path):
@@ -70,6 +68,29 @@ def _load(source: str, config: DataConfig) -> Dataset:
         got=f"{source!r} (no such file or directory)",
         fix="Check the path or the name.",
     )
+
+
+LM_TEST_ROWS = 16_384
+"""At most this many activation rows are held out for testing (they are kept in memory)."""
+
+
+def _load_lm(config: DataConfig) -> Dataset:
+    """Activations of a language model, computed as training goes; the first rows of the text are the test split."""
+    from sparseae.data.activations import ActivationStream
+
+    if config.lm is None:
+        raise SparseAEError(
+            "--data lm",
+            expected="the language model, module and text (--lm-model, --lm-module, --lm-text)",
+            got="none of them",
+            fix="For example --lm-model gpt2 --lm-module transformer.h.6 --lm-text corpus.txt.",
+        )
+    n_test = config.test_limit or min(LM_TEST_ROWS, max(1, round(config.lm.tokens * config.test_fraction)))
+    first = ActivationStream(config.lm)
+    test = first.head(n_test)
+    train = ActivationStream(config.lm, skip=len(test), lm=first._model())
+    name = f"{Path(config.lm.model).name}:{config.lm.module}"
+    return Dataset(name, train, test)
 
 
 def _from_arrays(path: Path, arrays: Arrays, config: DataConfig) -> Dataset:

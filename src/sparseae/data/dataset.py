@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from sparseae.data.activations import ActivationConfig
 from sparseae.data.stream import Stream
 from sparseae.errors import SparseAEError, check
 
@@ -54,6 +55,9 @@ class DataConfig:
     shuffle_buffer: int = 262_144
     """Rows in the shuffle buffer of streamed data: batches are drawn at random from this
     many rows, read in chunks from across the file."""
+    lm: ActivationConfig | None = None
+    """For source 'lm': which language model's activations, on which text (the --lm-* flags).
+    The first test_fraction x tokens rows of the text (at most 16,384) are held out for testing."""
 
     def __post_init__(self) -> None:
         check(

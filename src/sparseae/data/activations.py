@@ -1,0 +1,636 @@
+"""Activations of a Hugging Face language model as training data, and the CE loss an SAE recovers.
+
+The data flow: documents (a ``.txt`` file, a directory of them, or a Hugging Face data
+set) -> tokens, cut into sequences of at most ``context_length`` -> batches of sequences,
+padded on the right -> a forward pass with a hook on one module -> its output at the
+real tokens, one row per token ``(n_tokens, d_model)``.
+
+Choices, made once here:
+
+* **BOS.** Every sequence starts with the tokenizer's BOS token when it has one (GPT-2's
+  ``<|endoftext|>`` included, though GPT-2's tokenizer does not add it by itself), as
+  TransformerLens and SAELens do: models are trained on text that follows a document
+  boundary, and the first position of a sequence without one behaves like no other.
+  The BOS position's activation is an outlier (an "attention sink" with a huge norm), so
+  ``exclude_bos`` (the default) leaves it out of the training rows and, in
+  :func:`ce_loss_recovered`, unreplaced. A tokenizer without a BOS token gets nothing
+  prepended, and then ``exclude_bos`` has nothing to exclude.
+* **Padding.** A batch is padded on the right, to its longest sequence. Right padding
+  keeps every real token at the position it would have alone (GPT-2 numbers positions
+  ``0..T-1`` whatever the mask says), and causal attention keeps pads out of the real
+  tokens' view, so the rows do not depend on the batch they were computed in. Pads are
+  dropped through the attention mask.
+* **Early stop.** The hook raises a private exception once it has the module's output,
+  so the layers after it, and the unembedding (often the largest matrix of a small
+  model), are never run; see ``benchmarks/lm_activations.py`` for what that saves.
+* ``torch.no_grad`` rather than ``torch.inference_mode``: inference tensors cannot be
+  saved for backward, and these rows are the input of an SAE being trained.
+
+``transformers`` (and ``datasets``, for ``hf:`` text) are imported where used, so that
+``import sparseae`` stays fast; both come with ``pip install 'sparseae[lm]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparseae._config import to_dict
+from sparseae.data.stream import Stream
+from sparseae.errors import SparseAEError, check
+
+log = logging.getLogger(__name__)
+
+INSTALL_FIX = "Install the language-model extra: pip install 'sparseae[lm]'."
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_DOCS_PER_CALL = 64
+"""Documents handed to the tokenizer at once (a fast tokenizer works on a list in parallel)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationConfig:
+    """Which activations of which language model, computed on which text."""
+
+    model: str
+    """Hugging Face model name (e.g. gpt2) or a local directory saved with save_pretrained."""
+    module: str
+    """Dotted name of the module whose output is collected, e.g. transformer.h.6: the output of a GPT-2 block is the residual
+    stream after that block (block i = hidden_states[i + 1] of the model, except the last block, whose hidden state Hugging Face
+    reports after the final layer norm)."""
+    text: str
+    """The documents: a .txt file (documents separated by blank lines), a directory of .txt files (read recursively, in sorted
+    order), or hf:<dataset>[:<config>] for a Hugging Face data set (streamed)."""
+    text_column: str = "text"
+    """Column of the Hugging Face data set that holds the text."""
+    split: str = "train"
+    """Split of the Hugging Face data set."""
+    context_length: int = 128
+    """Tokens per sequence, BOS included; longer documents are cut into several sequences, each starting with BOS."""
+    tokens: int = 1_000_000
+    """How many activation rows (tokens) to collect."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    exclude_bos: bool = True
+    """Leave the BOS position out of the rows (and unreplaced when measuring CE loss recovered): its activation is an outlier
+    that no document token resembles. No effect when the tokenizer has no BOS token."""
+    device: str = "auto"
+    """Where the language model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
+
+    def __post_init__(self) -> None:
+        for name in ("model", "module", "text", "text_column", "split", "device"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise SparseAEError(name, expected="a non-empty string", got=repr(value), fix=f"Set {name}.")
+        if self.text.startswith("hf:") and not self.text[3:].split(":")[0]:
+            raise SparseAEError(
+                "text",
+                expected="hf:<dataset>[:<config>]",
+                got=repr(self.text),
+                fix="Name the data set, e.g. hf:roneneldan/TinyStories.",
+            )
+        for name, low in (("context_length", 2), ("tokens", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SparseAEError(name, expected=f"an integer >= {low}", got=repr(value), fix=f"Set {name} to at least {low}.")
+        if not _DEVICE.fullmatch(self.device):
+            raise SparseAEError(
+                "device", expected="auto, cpu, cuda, cuda:N or mps", got=repr(self.device), fix="Pick one of those."
+            )
+
+
+# --- the model ----------------------------------------------------------------------------------------------------------
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise SparseAEError("transformers", expected="the transformers package", got="not installed", fix=INSTALL_FIX) from None
+    return transformers
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the best device here (cuda, then mps, then cpu); anything else as given."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_lm(name_or_path: str, device: str = "auto") -> tuple[nn.Module, Any]:
+    """A causal language model in eval mode on ``device``, and its tokenizer.
+
+    A tokenizer without a pad token gets its EOS token as pad (GPT-2's has none); pads
+    never reach the rows, which are picked by the attention mask.
+    """
+    transformers = _transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
+    except OSError as e:
+        raise SparseAEError(
+            f"model {name_or_path!r}",
+            expected="a Hugging Face model name or a local directory saved with save_pretrained",
+            got=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            fix="Check the name or path (offline, the model must already be in the Hugging Face cache).",
+        ) from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """The dotted names of every module of ``model`` (what ``module`` may be)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_module(model: nn.Module, name: str) -> nn.Module:
+    """The module of ``model`` called ``name`` (dotted, as in ``named_modules()``)."""
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    close = difflib.get_close_matches(name, module_names(model), n=5, cutoff=0.6)
+    raise SparseAEError(
+        "module",
+        expected=f"the name of a module of {type(model).__name__}",
+        got=repr(name),
+        fix=(f"Close matches: {', '.join(close)}. " if close else "")
+        + "List every name with sparseae.data.activations.module_names(model) (or [n for n, _ in model.named_modules()]).",
+    )
+
+
+def _device_of(module: Any, default: torch.device) -> torch.device:
+    if isinstance(module, nn.Module):
+        for p in itertools.chain(module.parameters(), module.buffers()):
+            return p.device
+    return default
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# --- text -> sequences -> padded batches --------------------------------------------------------------------------------
+
+
+def read_texts(text: str, *, text_column: str = "text", split: str = "train") -> Iterator[str]:
+    """The documents of ``text`` (see :attr:`ActivationConfig.text`), one string each, lazily."""
+    if text.startswith("hf:"):
+        yield from _hf_texts(text[3:], text_column, split)
+        return
+    path = Path(text)
+    if path.is_file():
+        yield from _paragraphs(path)
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise SparseAEError(
+                str(path), expected="a directory holding .txt files", got="none", fix="Point text at the documents."
+            )
+        for file in files:
+            yield from _paragraphs(file)
+    else:
+        raise SparseAEError(
+            "text",
+            expected="a .txt file, a directory of .txt files, or hf:<dataset>[:<config>]",
+            got=f"{text!r} (no such file or directory)",
+            fix="Check the path, or prefix a Hugging Face data set with hf:.",
+        )
+
+
+def _paragraphs(path: Path) -> Iterator[str]:
+    """The blank-line-separated documents of a text file, read line by line (the file may exceed memory)."""
+    lines: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                lines.append(line)
+            elif lines:
+                yield "".join(lines).rstrip("\n")
+                lines = []
+    if lines:
+        yield "".join(lines).rstrip("\n")
+
+
+def _hf_texts(spec: str, column: str, split: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise SparseAEError(
+            "datasets", expected="the datasets package (for hf: text)", got="not installed", fix=INSTALL_FIX
+        ) from None
+    name, _, config = spec.partition(":")
+    # Streaming reads the rows as they are needed: a million tokens are a sliver of most corpora.
+    data = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    for row in data:
+        if column not in row:
+            raise SparseAEError(
+                "text_column", expected=f"a column of {name}: {', '.join(row)}", got=repr(column), fix="Set text_column."
+            )
+        yield row[column]
+
+
+def _sequences(tokenizer: Any, texts: Iterable[str], context_length: int) -> Iterator[list[int]]:
+    """Token ids of each document, cut into sequences of at most ``context_length``, each led by BOS (when there is one)."""
+    bos = tokenizer.bos_token_id
+    # BOS is prepended here rather than by the tokenizer, so that every cut of a long
+    # document starts with it too, and tokenizers that add it and those that don't agree.
+    lead = [] if bos is None else [bos]
+    step = context_length - len(lead)
+    docs = iter(texts)
+    while chunk := [t for t in itertools.islice(docs, _DOCS_PER_CALL) if t]:
+        # verbose=False: long documents are cut below, so the "longer than the model's maximum" warning is noise.
+        for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
+            for i in range(0, len(ids), step):
+                yield lead + ids[i : i + step]
+
+
+def _batches(tokenizer: Any, texts: Iterable[str], context_length: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(input_ids, attention_mask)``, both ``(B, T)``, padded on the right to the batch's longest sequence."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seqs = _sequences(tokenizer, texts, context_length)
+    while batch := list(itertools.islice(seqs, batch_size)):
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        yield ids, mask
+
+
+def _keep(mask: Tensor, tokenizer: Any, exclude_bos: bool) -> Tensor:
+    """Positions that give a row: real tokens, less BOS (position 0) when asked. Bool ``(B, T)``."""
+    keep = mask.bool()  # a new tensor: mask is integer
+    if exclude_bos and tokenizer.bos_token_id is not None:
+        keep[:, 0] = False
+    return keep
+
+
+def _check_sizes(context_length: int, batch_size: int) -> None:
+    check(
+        context_length >= 2, "context_length", expected="an integer >= 2 (BOS and a token)", got=context_length, fix="Raise it."
+    )
+    check(batch_size >= 1, "batch_size", expected="an integer >= 1", got=batch_size, fix="Raise it.")
+
+
+def _check_context(model: nn.Module, context_length: int) -> None:
+    limit = _max_positions(model)
+    if limit is not None and context_length > limit:
+        raise SparseAEError(
+            "context_length",
+            expected=f"at most {limit} (the model's maximum number of positions)",
+            got=context_length,
+            fix=f"Set context_length to {limit} or less.",
+        )
+
+
+# --- collecting activations ---------------------------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised by the hook once it has the module's output, to skip the rest of the forward pass."""
+
+
+def _first(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def iter_activations(
+    model: nn.Module,
+    tokenizer: Any,
+    module_name: str,
+    texts: Iterable[str],
+    *,
+    context_length: int = 128,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+    max_tokens: int | None = None,
+    stop_early: bool = True,
+) -> Iterator[Tensor]:
+    """The output of ``module_name`` at every real token of ``texts``, one float32 CPU tensor ``(n_tokens, d_model)`` per batch.
+
+    Rows come in text order (sequence by sequence, position by position); padding never
+    gives a row, nor BOS when ``exclude_bos``. Exactly ``max_tokens`` rows in all (fewer if
+    the text runs out). ``stop_early=False`` runs the whole model, for comparison only.
+    """
+    _check_sizes(context_length, batch_size)
+    module = find_module(model, module_name)
+    _check_context(model, context_length)
+    device = _device_of(model, torch.device("cpu"))
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured.append(_first(output))
+        if stop_early:
+            raise _StopForward
+
+    left = math.inf if max_tokens is None else max_tokens
+    handle = module.register_forward_hook(hook)
+    try:
+        for ids, mask in _batches(tokenizer, texts, context_length, batch_size):
+            captured.clear()
+            with torch.no_grad():
+                try:
+                    model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+            if not captured:
+                raise SparseAEError(
+                    f"module {module_name!r}",
+                    expected="a module that the forward pass runs",
+                    got="one that it never called",
+                    fix="Hook a module on the path from the tokens to the logits (a block, its MLP or attention).",
+                )
+            out = captured[0]  # (B, T, d)
+            if out.dim() != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
+                raise SparseAEError(
+                    f"module {module_name!r}",
+                    expected=f"an output of shape (batch, tokens, d) = {tuple(ids.shape)} + (d,)",
+                    got=f"shape {tuple(out.shape)}",
+                    fix="Hook a module that keeps one vector per token (a block, an MLP, an attention output).",
+                )
+            rows = out[_keep(mask, tokenizer, exclude_bos).to(out.device)]  # (n, d)
+            rows = rows[: int(min(left, len(rows)))].float().cpu()
+            left -= len(rows)
+            if len(rows):
+                yield rows
+            if left <= 0:  # before the next batch is tokenised
+                break
+    finally:
+        handle.remove()
+
+
+def _collect(config: ActivationConfig, model: nn.Module, tokenizer: Any, max_tokens: int) -> Iterator[Tensor]:
+    texts = read_texts(config.text, text_column=config.text_column, split=config.split)
+    kwargs = dict(context_length=config.context_length, batch_size=config.batch_size, exclude_bos=config.exclude_bos)
+    got = 0
+    for rows in iter_activations(model, tokenizer, config.module, texts, max_tokens=max_tokens, **kwargs):
+        got += len(rows)
+        yield rows
+    if got == 0:
+        raise SparseAEError(
+            "text", expected="documents with at least one token", got=f"none in {config.text!r}", fix="Check the text."
+        )
+
+
+def collect(config: ActivationConfig) -> Iterator[Tensor]:
+    """Load ``config.model`` and yield the rows ``config`` describes.
+
+    Float32 CPU tensors ``(n, d_model)``, one per forward pass, ``config.tokens`` rows in all.
+    """
+    model, tokenizer = load_lm(config.model, config.device)
+    yield from _collect(config, model, tokenizer, config.tokens)
+
+
+def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_shard: int = 65_536, progress: bool = True) -> Path:
+    """Collect the rows ``config`` describes into a shard directory ``out`` (new or empty); returns ``out``.
+
+    Read it back with :class:`sparseae.data.shards.ShardReader`. The manifest's metadata
+    holds ``config`` (under ``"config"``, loadable with ``from_dict(ActivationConfig, ...)``),
+    ``d_model``, ``rows``, ``seconds`` and ``tokens_per_s``. Text with fewer tokens than
+    ``config.tokens`` gives a smaller cache, with a warning.
+    """
+    from tqdm.auto import tqdm
+
+    from sparseae.data.shards import write_shards
+
+    model, tokenizer = load_lm(config.model, config.device)
+    # write_shards serialises ``metadata`` when it writes the manifest, after the last
+    # row: filling the dict in as the rows run out records the measured speed in it.
+    metadata: dict[str, Any] = {"source": "lm-activations", "config": to_dict(config)}
+
+    def rows() -> Iterator[Tensor]:
+        start, n, d_model = time.perf_counter(), 0, 0
+        with tqdm(total=config.tokens, unit="tok", disable=not progress, desc="activations") as bar:
+            for batch in _collect(config, model, tokenizer, config.tokens):
+                n, d_model = n + len(batch), batch.shape[1]
+                bar.update(len(batch))
+                yield batch
+        seconds = time.perf_counter() - start
+        metadata.update(d_model=d_model, rows=n, seconds=round(seconds, 3), tokens_per_s=round(n / seconds, 1))
+        if n < config.tokens:
+            log.warning("%s holds %d tokens, fewer than the %d asked for: the cache is smaller.", config.text, n, config.tokens)
+
+    return write_shards(rows(), out, rows_per_shard=rows_per_shard, metadata=metadata)
+
+
+# --- training straight from the model -----------------------------------------------------------------------------------
+
+DEFAULT_BUFFER_BATCHES = 64
+"""Forward passes whose rows fill the shuffle buffer (64 x 8 sequences x 128 tokens = 65,536 rows by default)."""
+
+
+class ActivationStream(Stream):
+    """The rows ``config`` describes, computed by the language model as training goes, shuffled through a buffer.
+
+    An epoch runs the model over the text from the start: the rows of
+    ``buffer_batches`` forward passes fill a buffer, which is shuffled and cut into
+    batches, and what is left (fewer rows than a batch) carries over into the next
+    buffer, so every row comes once and a batch mixes tokens from hundreds of
+    documents. The batches are a function of ``(seed, epoch)``: the rows are
+    deterministic (eval mode, a fixed text order; up to the last bit of float rounding,
+    which some BLAS libraries vary with memory alignment) and so is the shuffle.
+
+    Every epoch recomputes the activations, as costly as the first; to train for
+    several epochs, write them once with :func:`cache_activations` and train from the
+    cache. Text with fewer than ``config.tokens`` tokens gives shorter epochs (with a
+    warning) than ``len()`` says.
+
+    ``skip`` leaves out the first rows of the text (``skip + config.tokens`` are computed):
+    :func:`sparseae.data.load_data` holds them out as the test split.
+    """
+
+    def __init__(
+        self,
+        config: ActivationConfig,
+        *,
+        buffer_batches: int = DEFAULT_BUFFER_BATCHES,
+        skip: int = 0,
+        lm: tuple[nn.Module, Any] | None = None,
+    ):
+        self.config, self.skip, self.buffer_batches = config, skip, buffer_batches
+        self.buffer_rows = max(1, buffer_batches) * config.batch_size * config.context_length
+        self._lm = lm  # (model, tokenizer), shared between streams of one model
+        self._head = torch.empty(0)
+
+    def _model(self) -> tuple[nn.Module, Any]:
+        if self._lm is None:  # loaded on first use, so that building a stream is free
+            self._lm = load_lm(self.config.model, self.config.device)
+        return self._lm
+
+    def _rows(self, max_tokens: int) -> Iterator[Tensor]:
+        to_skip = self.skip
+        for rows in _collect(self.config, *self._model(), max_tokens + self.skip):
+            if to_skip >= len(rows):
+                to_skip -= len(rows)
+                continue
+            yield rows[to_skip:]
+            to_skip = 0
+
+    def __len__(self) -> int:
+        return self.config.tokens
+
+    def take(self, n: int) -> ActivationStream:
+        config = dataclasses.replace(self.config, tokens=min(n, self.config.tokens))
+        return ActivationStream(config, buffer_batches=self.buffer_batches, skip=self.skip, lm=self._lm)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        """``(d_model,)``, from the first row (which loads the model)."""
+        return tuple(self.head(1).shape[1:])
+
+    def head(self, n: int) -> Tensor:
+        n = min(n, len(self))
+        if len(self._head) < n:
+            self._head = torch.cat(list(self._rows(n)))
+        return self._head[:n]
+
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Tensor]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        parts: list[Tensor] = []
+        held = total = 0
+        for rows in self._rows(len(self)):
+            parts.append(rows)
+            held += len(rows)
+            total += len(rows)
+            if held >= self.buffer_rows:
+                yield from self._flush(parts, batch_size, g, last=False)
+                held = sum(map(len, parts))
+        yield from self._flush(parts, batch_size, g, last=True)
+        if total < len(self):
+            log.warning("%s gave %d tokens, fewer than tokens=%d: the epoch was short.", self.config.text, total, len(self))
+
+    @staticmethod
+    def _flush(parts: list[Tensor], batch_size: int, g: torch.Generator, *, last: bool) -> Iterator[Tensor]:
+        """Shuffle the buffer ``parts`` and yield its whole batches (and the rest when ``last``); ``parts`` keeps the rest."""
+        if not parts:
+            return
+        buffer = torch.cat(parts)
+        buffer = buffer[torch.randperm(len(buffer), generator=g)]
+        whole = len(buffer) if last else len(buffer) // batch_size * batch_size
+        parts[:] = [] if last else [buffer[whole:]]
+        yield from buffer[:whole].split(batch_size)
+
+
+# --- CE loss recovered --------------------------------------------------------------------------------------------------
+
+
+def ce_loss_recovered(
+    sae: Any,
+    model: nn.Module,
+    tokenizer: Any,
+    module_name: str,
+    texts: Iterable[str],
+    *,
+    context_length: int = 128,
+    batch_size: int = 8,
+    max_batches: int = 16,
+    exclude_bos: bool = True,
+) -> dict[str, float]:
+    """How much of the language model's next-token loss survives when ``sae`` stands in for ``module_name``.
+
+    Three runs over the same batches (sequences built as for :func:`iter_activations`):
+
+    * ``ce_loss_clean``: the model as it is;
+    * ``ce_loss_with_sae``: the module's output replaced by ``sae.reconstruct(output)``
+      (``(n, d) -> (n, d)``) at every real token, less BOS when ``exclude_bos`` (as
+      SAELens leaves BOS unreplaced for an SAE trained without it);
+    * ``ce_loss_zero``: the output replaced by zeros at those same positions,
+
+    and ``ce_loss_recovered = (zero - with_sae) / (zero - clean)``, the "CE loss score"
+    of SAELens and SAEBench: 1 when the SAE is as good as the real activations, 0 when
+    it is no better than zeros (NaN when zeros do as well as the clean run). Unlike SAELens, which zeroes every position, the zero
+    run ablates only the positions the SAE replaces, so that an SAE that outputs zeros
+    scores exactly 0; with BOS kept, our zero run hurts a little less, and the score
+    is a little lower than SAELens' would be.
+
+    Each loss is the mean next-token cross-entropy (nats) over the predictions whose
+    target is a real token, the prediction from BOS included; ``tokens`` is how many.
+    At most ``max_batches`` batches of ``batch_size`` sequences are used.
+    """
+    _check_sizes(context_length, batch_size)
+    module = find_module(model, module_name)
+    _check_context(model, context_length)
+    device = _device_of(model, torch.device("cpu"))
+    sae_device = _device_of(sae, device)
+    # What the hook does on the current run: nothing ("clean"), the SAE ("sae") or zeros
+    # ("zero"), at the positions ``keep`` (B, T) of the current batch.
+    run: dict[str, Any] = {"mode": "clean", "keep": None}
+
+    def replace(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if run["mode"] == "clean":
+            return None
+        out = _first(output)  # (B, T, d)
+        keep = run["keep"].to(out.device)
+        n, d = int(keep.sum()), out.shape[-1]
+        if run["mode"] == "sae":
+            new = sae.reconstruct(out[keep].float().to(sae_device))  # (n, d)
+            if tuple(new.shape) != (n, d):
+                raise SparseAEError(
+                    "sae.reconstruct",
+                    expected=f"rows of shape (n, {d}), the module's output size",
+                    got=f"shape {tuple(new.shape)}",
+                    fix=f"Use an SAE trained on the output of {module_name}.",
+                )
+        else:
+            new = out.new_zeros((n, d))
+        out = out.clone()
+        out[keep] = new.to(device=out.device, dtype=out.dtype)
+        # Modules that return tuples (attention weights, caches) keep them: only the first element changes.
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    was_training = isinstance(sae, nn.Module) and sae.training
+    if isinstance(sae, nn.Module):
+        sae.eval()
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    count = 0
+    handle = module.register_forward_hook(replace)
+    try:
+        for ids, mask in itertools.islice(_batches(tokenizer, texts, context_length, batch_size), max_batches):
+            run["keep"] = _keep(mask, tokenizer, exclude_bos)
+            # Right padding: a real target always follows a real input, so masking targets is enough.
+            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)  # (B, T-1)
+            for mode in sums:
+                run["mode"] = mode
+                with torch.no_grad():
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits  # (B, T, V)
+                    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum")
+                sums[mode] += loss.item()
+            count += int((targets != -100).sum())
+    finally:
+        handle.remove()
+        if was_training:
+            sae.train()
+    if count == 0:
+        raise SparseAEError(
+            "texts", expected="documents of at least two tokens", got="nothing to predict", fix="Give longer or more documents."
+        )
+    clean, with_sae, zero = (sums[k] / count for k in ("clean", "sae", "zero"))
+    return {
+        "ce_loss_clean": clean,
+        "ce_loss_with_sae": with_sae,
+        "ce_loss_zero": zero,
+        "ce_loss_recovered": (zero - with_sae) / (zero - clean) if zero != clean else math.nan,
+        "tokens": count,
+    }
