@@ -124,3 +124,23 @@ def test_subset_keeps_labels_and_config(mnist):
     assert sub.config == sparseae.DataConfig("mnist", train_limit=100, test_limit=10)
     with pytest.raises(sparseae.SparseAEError, match="expected a positive number of samples, got 0"):
         mnist.subset(0)
+
+
+def test_dataset_from_array_holds_out_blocks_and_checks_values():
+    x = np.arange(3000 * 4, dtype=np.float64).reshape(3000, 4)
+    data = sparseae.Dataset.from_array(x, np.arange(3000) % 7, test_fraction=0.2)
+    assert data.train.dtype == torch.float32 and len(data.train) + len(data.test) == 3000
+    assert len(data.test) == 600  # 1,000 blocks of 3 rows, 200 held out
+    seen = torch.cat([data.train[:, 0], data.test[:, 0]]).div(4).long().sort().values
+    assert torch.equal(seen, torch.arange(3000))  # every row in exactly one split
+    assert torch.equal(data.test_labels, (data.test[:, 0] / 4).long() % 7)  # labels follow their rows
+    one_per_row = r"array: expected a non-empty array with one sample per row.*x\.reshape\(-1, 1\)"
+    with pytest.raises(sparseae.SparseAEError, match=one_per_row):
+        sparseae.Dataset.from_array(np.zeros(10))
+    with pytest.raises(sparseae.SparseAEError, match="embeddings: expected numbers .float, int or bool., got dtype <U1"):
+        sparseae.Dataset.from_array(np.array([["a", "b"]] * 4), name="embeddings")
+    bad = x.copy()
+    bad[17, 2] = np.inf
+    nan = "expected finite numbers, got NaN or infinity in 1 row.s., the first at row 17"
+    with pytest.raises(sparseae.SparseAEError, match=nan):
+        sparseae.Dataset.from_array(bad)

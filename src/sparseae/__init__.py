@@ -14,13 +14,15 @@ A model is an encoder, a pluggable sparsity constraint and a decoder::
 __version__ = "0.1.0"
 
 from sparseae.data import DataConfig, Dataset, load_data, load_mnist
+from sparseae.data.activations import ActivationConfig
 from sparseae.errors import SparseAEError
 from sparseae.io import load, save_model
 from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig, build_preset, mnist_conv
 from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, penalty, register
-from sparseae.training import TrainConfig, TrainResult, evaluate, probe, resume, sweep, train
+from sparseae.training import TrainConfig, TrainResult, evaluate, probe, read_metrics, resume, sweep, train
 
 __all__ = [
+    "ActivationConfig",
     "Autoencoder",
     "ConvAutoencoder",
     "ConvConfig",
@@ -42,6 +44,7 @@ __all__ = [
     "mnist_conv",
     "penalty",
     "probe",
+    "read_metrics",
     "register",
     "resume",
     "save_model",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from sparseae.data.activations import ActivationConfig
@@ -124,6 +126,27 @@ class Dataset:
             fix="Both splits must come from the same kind of data.",
         )
 
+    @classmethod
+    def from_array(
+        cls, x: Any, labels: Any = None, *, test_fraction: float = 0.1, name: str = "array", label_names: Any = None
+    ) -> Dataset:
+        """A data set from samples in memory (a NumPy array or tensor ``(N, *sample_shape)``), ``test_fraction`` held out.
+
+        The held-out rows are random blocks of neighbouring rows, the same for every call
+        with the same ``N`` (see :func:`sparseae.data.split.holdout_rows`).
+        """
+        from sparseae.data.split import holdout_rows
+
+        x = _as_samples(x, name)
+        y = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+        train_rows, test_rows = holdout_rows(len(x), test_fraction, name)
+
+        def rows(t: Tensor | None, r: Tensor) -> Tensor | None:
+            return None if t is None else t[r]
+
+        names = None if label_names is None else tuple(map(str, label_names))
+        return cls(name, x[train_rows], x[test_rows], rows(y, train_rows), rows(y, test_rows), label_names=names)
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
@@ -161,6 +184,37 @@ class Dataset:
             config,
             self.label_names,
         )
+
+
+def _as_samples(x: Any, what: str) -> Tensor:
+    """``x`` as a float32 tensor of samples, checked: numbers, 2-D or more, finite."""
+    array = x.detach().cpu() if isinstance(x, Tensor) else np.asarray(x)
+    if isinstance(array, np.ndarray):
+        check(
+            array.dtype.kind in "fiub",
+            what,
+            expected="numbers (float, int or bool)",
+            got=f"dtype {array.dtype}",
+            fix="Convert the data to numbers, e.g. x.astype(np.float32).",
+        )
+        array = torch.from_numpy(np.ascontiguousarray(array))
+    check(
+        array.ndim >= 2 and len(array) > 0,
+        what,
+        expected="a non-empty array with one sample per row, 2-D or more",
+        got=f"shape {tuple(array.shape)}",
+        fix="Reshape it: x.reshape(-1, 1) for one feature, x.reshape(1, -1) for one sample.",
+    )
+    array = array.float()
+    bad = ~torch.isfinite(array.flatten(1)).all(1)
+    if bad.any():
+        raise SparseAEError(
+            what,
+            expected="finite numbers",
+            got=f"NaN or infinity in {int(bad.sum())} row(s), the first at row {int(torch.nonzero(bad)[0])}",
+            fix="Clean the data first, e.g. x[~np.isfinite(x)] = 0, or drop those rows.",
+        )
+    return array
 
 
 def _describe(x: object) -> str:
