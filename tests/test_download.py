@@ -250,3 +250,23 @@ def test_real_registry_entries_are_well_formed(name):
     assert spec.files[0].size > 1_000_000 and spec.files[1].size < 100_000
     assert len(spec.label_names) == 10 and len(set(spec.label_names)) == 10
     assert spec.license and spec.homepage.startswith("http")
+
+
+def test_a_named_set_trains_end_to_end_from_python_and_the_cli(server, monkeypatch, tmp_path):
+    import sparseae
+    from sparseae.cli import main
+    from sparseae.training import read_metrics
+
+    monkeypatch.setenv("SPARSEAE_CACHE", str(tmp_path / "cache"))
+    register(monkeypatch, server.serve("a"), name="fashion-mnist")  # the real name, served locally
+    data = sparseae.load_data(sparseae.DataConfig("fashion-mnist"))
+    assert data.label_names == LABEL_NAMES and data.config.source == "fashion-mnist"
+    model = sparseae.build_preset("dense", data.sample_shape, sparseae.build_sparsity("topk", k=4), seed=0, n_latents=16)
+    result = sparseae.train(model, data, sparseae.TrainConfig(epochs=30, batch_size=5, lr=1e-2), progress=False)
+    assert result.metrics[-1]["train_loss"] < 0.5 * result.metrics[0]["train_loss"]
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", "fashion-mnist", "--model", "dense", "--k", "4", "--n-latents", "16", "--epochs", "2",
+            "--out", str(run), "--quiet"]  # fmt: skip
+    assert main(argv) == 0 and len(server.requests) == 4  # downloaded once, by the first load
+    assert len(read_metrics(run)) == 2 and sparseae.load(run).input_shape == (1, 28, 28)

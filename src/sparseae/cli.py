@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from sparseae._config import coerce, field_docs, from_dict
-from sparseae.data import NAMED_SOURCES, DataConfig, Dataset, RowStream, load_data, read_arrays
+from sparseae.data import DataConfig, Dataset, RowStream, is_named_source, load_data, read_arrays
 from sparseae.data.activations import ActivationConfig, cache_activations
 from sparseae.data.shards import ShardReader, is_shard_dir
 from sparseae.data.stream import RowReader
@@ -394,7 +394,7 @@ def _lm_config(args: argparse.Namespace) -> ActivationConfig:
 
 def _absolute_source(source: str) -> str:
     """A path source made absolute (so that the run can find it from anywhere); names kept."""
-    if source in NAMED_SOURCES:
+    if is_named_source(source):
         return source
     if source.startswith("patches:"):
         return "patches:" + str(Path(source.partition(":")[2]).resolve())

@@ -21,6 +21,11 @@ from sparseae.errors import SparseAEError
 NAMED_SOURCES = ("mnist", *sorted(set(DATASETS) - {"mnist"}), "patches", "lm")
 
 
+def is_named_source(source: str) -> bool:
+    """Whether ``source`` is a name (``mnist``, a downloadable set, ``patches``, ``lm``) rather than a path."""
+    return source in NAMED_SOURCES or source in DATASETS
+
+
 def load_data(config: DataConfig) -> Dataset:
     """The data set ``config`` describes (see :class:`DataConfig` for every kind of source)."""
     data = _load(config.source, config)
