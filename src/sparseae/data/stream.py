@@ -143,7 +143,12 @@ class RowStream(Stream):
             out.append(block)
         return torch.cat(out)
 
-    def __getitem__(self, index: slice | Tensor) -> Tensor:
+    def __getitem__(self, index: int | slice | Tensor) -> Tensor:
+        if isinstance(index, int) or isinstance(index, Tensor) and index.ndim == 0:
+            i = int(index) % len(self.rows) if -len(self.rows) <= int(index) < len(self.rows) else len(self.rows)
+            if i >= len(self.rows):
+                raise IndexError(f"row {int(index)} of a split of {len(self.rows)}")
+            return self._read_rows(self.rows[i : i + 1])[0]
         if isinstance(index, slice):
             return self._read_rows(self.rows[index])
         index = torch.as_tensor(index)
