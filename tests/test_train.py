@@ -74,6 +74,7 @@ def test_saved_run_loads_back_with_same_outputs(small, tmp_path):
     assert torch.equal(loaded.reconstruct(x), result.model.reconstruct(x))
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert files == {
+        ".lock",
         "config.json",
         "metrics.jsonl",
         "checkpoint.safetensors",
@@ -141,7 +142,7 @@ def test_bad_train_config(field, value, message):
 def test_data_of_wrong_shape(mnist):
     flat = sparseae.Dataset("flat", mnist.train[:10].flatten(1), mnist.test[:10].flatten(1))
     with pytest.raises(
-        sparseae.SparseAEError, match=r"data: expected samples the model accepts, of shape \(1, 28, 28\), got shape \(784,\)"
+        sparseae.SparseAEError, match=r"data: expected samples of the model's input shape \(1, 28, 28\) \(784 values each\), got shape \(784,\)"
     ):
         sparseae.train(sparseae.mnist_conv(), flat, progress=False)
 

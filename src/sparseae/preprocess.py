@@ -150,9 +150,9 @@ class Preprocessing(nn.Module):
             if step == "center":
                 z = z + means[step]
             elif step == "standardize":
-                z = z * self.std + self.mean
+                z = z * self.std.to(z.dtype) + self.mean.to(z.dtype)
             elif step == "norm":
-                z = z / self.scale
+                z = z / self.scale.to(z.dtype)
             else:
-                z = z @ self.colour + self.zca_mean
+                z = z @ self.colour.to(z.dtype) + self.zca_mean.to(z.dtype)
         return z.reshape(y.shape)

@@ -12,6 +12,8 @@ A run directory holds::
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -27,10 +29,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import sparseae
+from sparseae import checkpoint
 from sparseae._config import from_dict, to_dict
+from sparseae.checkpoint import RunLock
 from sparseae.data import DataConfig, Dataset, Stream, load_data
 from sparseae.errors import SparseAEError, check
-from sparseae.io import atomic_write, model_from_cfg, read_json, read_tensors, save_model, write_json, write_tensors
+from sparseae.io import atomic_write, model_from_cfg, read_json, save_model, write_json
 from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
 from sparseae.report import image_grid, save_image_grid
@@ -38,7 +42,8 @@ from sparseae.report.features import feature_tiles
 
 log = logging.getLogger("sparseae")
 
-CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE = "config.json", "metrics.jsonl", "checkpoint.safetensors"
+CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+CHECKPOINT_FILE = checkpoint.CHECKPOINT_FILE
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 PREPARE_SAMPLES = 10_000
 """Training samples shown to ``model.prepare`` (data-dependent initialisation) before the first step."""
@@ -73,11 +78,27 @@ class TrainConfig:
     """Samples per batch when evaluating on the test split."""
     tensorboard: bool = False
     """Also log each epoch's metrics and the feature grid to RUN/tensorboard (needs the tensorboard package)."""
+    checkpoint_every: int | None = None
+    """Also write a checkpoint every N optimizer steps within an epoch (one is always written
+    after each epoch); --resume continues from the exact batch."""
+    max_bad_steps: int = 10
+    """A step whose loss or gradients are not finite is skipped; after this many in a row the
+    run stops, naming the step (0 switches the check off, saving a sync per step)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             check(value >= 1, name, expected="an integer >= 1", got=value, fix=f"Pass a positive {name}.")
+        check(
+            self.checkpoint_every is None or self.checkpoint_every >= 1,
+            "checkpoint_every",
+            expected="an integer >= 1",
+            got=self.checkpoint_every,
+            fix="Leave it unset to checkpoint after each epoch only.",
+        )
+        check(
+            self.max_bad_steps >= 0, "max_bad_steps", expected="an integer >= 0", got=self.max_bad_steps, fix="0 switches it off."
+        )
         check(
             self.steps is None or self.steps >= 1,
             "steps",
@@ -224,8 +245,11 @@ def train(
         progress: Show a progress bar with the live loss.
     """
     _check_fits(model, data, "data")
-    run_dir = None if out is None else _new_run_dir(Path(out), model, config, data)
-    return _fit(model, data, config, run_dir, progress=progress)
+    if out is None:
+        return _fit(model, data, config, None, progress=progress)
+    run_dir = _new_run_dir(Path(out), model, config, data)
+    with RunLock(run_dir):
+        return _fit(model, data, config, run_dir, progress=progress)
 
 
 def _check_fits(model: Autoencoder, data: Dataset, what: str) -> None:
@@ -257,22 +281,18 @@ def _new_run_dir(run_dir: Path, model: Autoencoder, config: TrainConfig, data: D
 def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool = True) -> TrainResult:
     """Continue a run from its last checkpoint; on the CPU the result equals an uninterrupted run.
 
+    The latest checkpoint is used, or the previous one when the latest is damaged.
     ``data`` is needed only when the run was trained on in-memory data.
     """
     run_dir = Path(run_dir)
     run = read_run_config(run_dir)
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise SparseAEError(
-            str(run_dir),
-            expected=f"a run with a {CHECKPOINT_FILE}",
-            got="none (the run stopped before its first epoch ended)",
-            fix="Start the run again in a new directory.",
-        )
-    config = from_dict(TrainConfig, run["train"], f"{run_dir / CONFIG_FILE} train")
-    model = model_from_cfg(run["model"], f"{run_dir / CONFIG_FILE} model")
-    if data is None:
-        data = load_run_data(run_dir, run, fix="Pass the same data: sparseae.resume(run, data=...).")
-    return _fit(model, data, config, run_dir, progress=progress, resume=True)
+    with RunLock(run_dir):
+        tensors, meta = checkpoint.load_latest(run_dir)
+        config = from_dict(TrainConfig, run["train"], f"{run_dir / CONFIG_FILE} train")
+        model = model_from_cfg(run["model"], f"{run_dir / CONFIG_FILE} model")
+        if data is None:
+            data = load_run_data(run_dir, run, fix="Pass the same data: sparseae.resume(run, data=...).")
+        return _fit(model, data, config, run_dir, progress=progress, state=(tensors, meta))
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -324,10 +344,14 @@ class _Job:
     def begin_epoch(self) -> None:
         self.sums = torch.zeros(4, device=self.device)  # loss, recon, penalty, aux
         self.fired = torch.zeros(self.model.n_latents, dtype=torch.bool, device=self.device)  # since the bar's last update
-        self.seen, self.busy = 0, 0.0
+        self.seen, self.busy, self.skipped, self.bad_in_row, self.first_bad = 0, 0.0, 0, 0, 0
 
-    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """One optimizer step on batch ``x``; returns the loss and the code."""
+    def step(self, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """One optimizer step on batch ``x`` (global step number ``step``); returns the loss and the code.
+
+        With ``max_bad_steps``, a step whose loss or gradients are not finite is skipped
+        (no update); too many in a row stop the run before anything more is written.
+        """
         start = time.perf_counter()
         model, optimizer = self.model, self.optimizer
         out = model(x)
@@ -335,6 +359,12 @@ class _Job:
         loss = recon + out.penalty + out.aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.config.max_bad_steps and not self._finite(loss):
+            self._bad_step(step)
+            optimizer.zero_grad(set_to_none=True)
+            self.busy += time.perf_counter() - start
+            return loss, out.code
+        self.bad_in_row = 0
         model.before_step()
         optimizer.step()
         model.after_step()
@@ -344,6 +374,36 @@ class _Job:
         self.busy += time.perf_counter() - start
         return loss, out.code
 
+    def _finite(self, loss: Tensor) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        return bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all())  # one sync for all of them
+
+    def _bad_step(self, step: int) -> None:
+        self.skipped += 1
+        self.bad_in_row += 1
+        if self.bad_in_row == 1:
+            self.first_bad = step
+        log.warning("step %d: loss or gradients not finite; step skipped", step)
+        if self.bad_in_row >= self.config.max_bad_steps:
+            where = f"{self.run_dir}, " if self.run_dir else ""
+            raise SparseAEError(
+                f"{where}training step {step}",
+                expected="a finite loss and finite gradients",
+                got=f"NaN or infinity in {self.bad_in_row} steps in a row, from step {self.first_bad}",
+                fix=f"Lower the learning rate (--lr {self.config.lr:g} now), or check the data for NaN/inf; "
+                "the last good checkpoint is kept (continue with --resume).",
+            )
+
+    def state(self) -> dict[str, Tensor]:
+        """The epoch's running sums, for a checkpoint within an epoch."""
+        return {"sums": self.sums, "seen": torch.tensor(self.seen), "skipped": torch.tensor(self.skipped),
+                "busy": torch.tensor(self.busy, dtype=torch.float64)}  # fmt: skip
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        self.sums = tensors["sums"].to(self.device)
+        self.seen, self.skipped, self.busy = int(tensors["seen"]), int(tensors["skipped"]), float(tensors["busy"])
+
     def postfix(self, loss: Tensor, code: Tensor) -> dict[str, Any]:
         dead = int((~self.fired).sum())
         self.fired.zero_()
@@ -351,6 +411,10 @@ class _Job:
 
     def end_epoch(self, epoch: int, step: int, n_epochs: int, elapsed: float, data: Dataset, progress: bool) -> None:
         model = self.model
+        if self.seen == 0:
+            raise SparseAEError(
+                f"epoch {epoch}", expected="at least one step with a finite loss", got="none", fix="Lower the learning rate."
+            )
         train_loss, train_recon, train_penalty, train_aux = (self.sums / self.seen).tolist()
         test = evaluate(model, data.test, self.config.eval_batch_size, self.device, progress)
         record = {
@@ -362,6 +426,7 @@ class _Job:
             "train_recon": train_recon,
             "train_penalty": train_penalty,
             "train_aux": train_aux,
+            "skipped_steps": self.skipped,
             **{f"test_{k}": v for k, v in test.items()},
             "n_latents": model.n_latents,
         }
@@ -372,9 +437,9 @@ class _Job:
             test["mse"], test["fvu"], test["l0"], test["dead_units"], model.n_latents,
         )  # fmt: skip
         if self.run_dir is not None:
+            self.save_checkpoint(epoch, 0, step)  # first: it refuses non-finite weights before anything is written
             with open(self.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            _save_checkpoint(self.run_dir / CHECKPOINT_FILE, model, self.optimizer, epoch, step)
             save_model(model, self.run_dir)
             save_reconstructions(model, data.test, self.run_dir / RECONSTRUCTIONS_FILE)
         if self.writer is not None:
@@ -386,6 +451,33 @@ class _Job:
                 grid = image_grid([tiles[i : i + 10] for i in range(0, min(len(tiles), 100), 10)])
                 self.writer.add_image("features", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
             self.writer.flush()
+
+    def save_checkpoint(self, epoch: int, batch: int, step: int) -> None:
+        """Checkpoint after ``batch`` batches of epoch ``epoch`` (0-based; batch 0: the epoch's start), at global ``step``."""
+        assert self.run_dir is not None
+        opt = self.optimizer.state_dict()
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for index, state in opt["state"].items():
+            tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in state.items()})
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if batch:
+            tensors.update({f"epoch.{k}": v for k, v in self.state().items()})
+        meta = {"epoch": epoch, "batch": batch, "step": step, "param_groups": opt["param_groups"]}
+        checkpoint.save(self.run_dir, tensors, meta)
+
+    def load_checkpoint(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> tuple[int, int, int]:
+        """Restore model, optimizer, RNG and the epoch's sums; returns (epoch, batch, step)."""
+        model = self.model
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value if name == "step" else value.to(self.device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.cpu"])
+        self.resume_state = {k[6:]: v for k, v in tensors.items() if k.startswith("epoch.")}
+        return meta["epoch"], meta.get("batch", 0), meta["step"]
 
     def result(self) -> TrainResult:
         return TrainResult(self.model.eval(), self.history, self.run_dir)
@@ -411,32 +503,34 @@ def _fit(
     run_dir: Path | None,
     *,
     progress: bool,
-    resume: bool = False,
+    state: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
 ) -> TrainResult:
     job = _Job(model, config, run_dir, pick_device(config.device))
-    epoch = step = 0
-    if resume:
+    epoch = batch = step = 0
+    if state is not None:
         assert run_dir is not None
-        epoch, step = _load_checkpoint(run_dir / CHECKPOINT_FILE, model, job.optimizer)
-        job.history = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
+        epoch, batch, step = job.load_checkpoint(*state)
+        job.history = [r for r in read_metrics(run_dir) if r["step"] <= step]
         atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
-        log.info("resuming %s after epoch %d (step %d)", run_dir, epoch, step)
-    _run([job], data, config, progress=progress, epoch=epoch, step=step, prepare=not resume)
+        log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch, step)
+    _run([job], data, config, progress=progress, epoch=epoch, batch=batch, step=step, prepare=state is None)
     return job.result()
 
 
-def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool, epoch: int, step: int, prepare: bool) -> None:
-    """Train every job on the same batches, in one pass over the data."""
+def _run(
+    jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool, epoch: int, step: int, prepare: bool, batch: int = 0
+) -> None:
+    """Train every job on the same batches, in one pass over the data, from batch ``batch`` of epoch ``epoch``."""
     device = jobs[0].device
     n = len(data.train)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.steps or config.epochs * steps_per_epoch
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    torch.manual_seed(config.seed)
     if step >= total_steps:
         log.info("training had already finished (%d steps)", step)
         return
     if prepare:
+        torch.manual_seed(config.seed)
         if isinstance(data.train, Stream):
             sample = data.train.sample(PREPARE_SAMPLES, config.seed).to(device)
         else:
@@ -444,11 +538,13 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
         for job in jobs:
             job.model.initialise(sample)
     while step < total_steps:
-        batches = _epoch_batches(data.train, config.batch_size, config.seed, epoch)
-        epoch_steps = min(steps_per_epoch, total_steps - step)
+        batches = _epoch_batches(data.train, config.batch_size, config.seed, epoch, start=batch)
+        epoch_steps = min(steps_per_epoch - batch, total_steps - step)
         for job in jobs:
             job.begin_epoch()
-        bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
+            if batch:
+                job.load_state(job.resume_state)
+        bar = tqdm(total=steps_per_epoch, initial=batch, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         shared = 0.0  # seconds spent on the batches themselves, shared by every job
         taken = 0
         for i in range(epoch_steps):
@@ -458,7 +554,7 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
                 break
             x = x.to(device, non_blocking=True)
             shared += time.perf_counter() - start
-            outcomes = [job.step(x) for job in jobs]
+            outcomes = [job.step(x, step + taken + 1) for job in jobs]
             taken += 1
             bar.update()
             if progress and (i % 25 == 0 or i == epoch_steps - 1):
@@ -466,11 +562,17 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
                     bar.set_postfix(jobs[0].postfix(*outcomes[0]))
                 else:
                     bar.set_postfix(models=len(jobs), loss=" ".join(f"{loss.item():.3g}" for loss, _ in outcomes))
+            every = config.checkpoint_every
+            if every and (step + taken) % every == 0 and batch + taken < steps_per_epoch and step + taken < total_steps:
+                for job in jobs:
+                    if job.run_dir is not None:
+                        job.save_checkpoint(epoch, batch + taken, step + taken)
         bar.close()
         if taken == 0:
             raise SparseAEError("training data", expected="at least one batch per epoch", got="none", fix="Check the source.")
         step += taken
         epoch += 1
+        batch = 0
         for job in jobs:
             job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), data, progress)
     for job in jobs:
@@ -478,13 +580,13 @@ def _run(jobs: list[_Job], data: Dataset, config: TrainConfig, *, progress: bool
             job.writer.close()
 
 
-def _epoch_batches(x: Tensor | Stream, batch_size: int, seed: int, epoch: int) -> Iterator[Tensor]:
-    """The shuffled batches of one epoch: of an in-memory tensor by :func:`epoch_order`, of a stream by its own buffer."""
+def _epoch_batches(x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator[Tensor]:
+    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by :func:`epoch_order`, a stream's by its buffer)."""
     if isinstance(x, Stream):
-        yield from x.batches(batch_size, seed, epoch)
+        yield from itertools.islice(x.batches(batch_size, seed, epoch), start, None)  # a stream is read up to there
         return
     order = epoch_order(len(x), seed, epoch)
-    for i in range(0, len(x), batch_size):
+    for i in range(start * batch_size, len(x), batch_size):
         yield x[order[i : i + batch_size]]
 
 
@@ -506,11 +608,14 @@ def sweep(
     check(len(models) >= 1, "sweep", expected="at least one model", got=0, fix="Pass a dict of name -> model.")
     device = pick_device(config.device)
     jobs = []
-    for name, model in models.items():
-        _check_fits(model, data, f"data for sweep model {name!r}")
-        run_dir = None if out is None else _new_run_dir(Path(out) / name, model, config, data)
-        jobs.append(_Job(model, config, run_dir, device))
-    _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
+    with contextlib.ExitStack() as locks:
+        for name, model in models.items():
+            _check_fits(model, data, f"data for sweep model {name!r}")
+            run_dir = None if out is None else _new_run_dir(Path(out) / name, model, config, data)
+            if run_dir is not None:
+                locks.enter_context(RunLock(run_dir))
+            jobs.append(_Job(model, config, run_dir, device))
+        _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
     return {name: job.result() for name, job in zip(models, jobs, strict=True)}
 
 
@@ -525,33 +630,3 @@ def save_reconstructions(model: Autoencoder, x: Tensor, path: Path, n: int = 10)
         recon = model.reconstruct(x[:n].to(device))
     model.train(was_training)
     return save_image_grid(path, [x[:n], recon])
-
-
-def _save_checkpoint(path: Path, model: Autoencoder, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
-    opt = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for index, state in opt["state"].items():
-        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in state.items()})
-    tensors["rng.cpu"] = torch.get_rng_state()
-    meta = {"epoch": epoch, "step": step, "param_groups": opt["param_groups"]}
-    write_tensors(path, tensors, metadata={"sparseae": json.dumps(meta)})
-
-
-def _load_checkpoint(path: Path, model: Autoencoder, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    tensors, metadata = read_tensors(path)
-    try:
-        meta = json.loads(metadata["sparseae"])
-    except (KeyError, json.JSONDecodeError):
-        raise SparseAEError(
-            str(path), expected="a sparseae checkpoint", got="a safetensors file without its metadata", fix="Start the run again."
-        ) from None
-    device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    return meta["epoch"], meta["step"]

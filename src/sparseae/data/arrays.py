@@ -128,8 +128,16 @@ class SafetensorsReader(RowReader):
         self.shape = _check_shape(path, tuple(info["shape"]))
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
-        self.offset = 8 + header_len + info["data_offsets"][0]
         self.row_bytes = (2 if self.dtype == "bf16" else np.dtype(self.dtype).itemsize) * math.prod(self.shape[1:])
+        begin, end = _offsets(path, key, info)
+        if end - begin != self.row_bytes * self.shape[0] or 8 + header_len + end > path.stat().st_size:
+            raise SparseAEError(
+                f"{path} tensor {key!r}",
+                expected=f"{self.row_bytes * self.shape[0]} bytes for shape {self.shape} within the file",
+                got=f"offsets {begin}..{end} in a file of {path.stat().st_size} bytes (truncated or damaged)",
+                fix="Write the file again.",
+            )
+        self.offset = 8 + header_len + begin
 
     def read(self, start: int, stop: int) -> np.ndarray:
         n = stop - start
@@ -138,6 +146,15 @@ class SafetensorsReader(RowReader):
         if self.dtype == "bf16":  # numpy has no bfloat16: reinterpret through torch
             return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).float().numpy().reshape(n, *self.shape[1:])
         return raw.reshape(n, *self.shape[1:])
+
+
+def _offsets(path: Path, key: str, info: Any) -> tuple[int, int]:
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and o >= 0 for o in offsets)):
+        raise SparseAEError(
+            f"{path} tensor {key!r}", expected="data offsets [begin, end]", got=repr(offsets), fix="Write the file again."
+        )
+    return offsets[0], offsets[1]
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
@@ -201,9 +218,26 @@ def read_arrays(path: Path, *, key: str | None = None, label_column: str | None 
 
             return _from_dict(path, load_file(str(path)), key, label_column)
         reader = SafetensorsReader(path, key)
+        names = sorted(k for k in header if k != "__metadata__")
+        label = label_column or ("y" if reader.key == "x" and "y" in names else None)
         labels = None
-        if label_column is not None:
-            labels = _tensor(path, label_column, SafetensorsReader(path, label_column).read(0, len(reader)))
+        if label is not None:
+            if label not in names:
+                raise SparseAEError(
+                    f"{path} labels",
+                    expected=f"one of {', '.join(names)}",
+                    got=repr(label),
+                    fix="Pass --label-column with one of them.",
+                )
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(path, framework="pt") as f:  # labels are small: read whole
+                    labels = _tensor(path, label, f.get_tensor(label))
+            except (SafetensorError, ValueError, OSError) as e:
+                raise SparseAEError(
+                    f"{path} labels", expected="a readable tensor", got=f"an error ({e})", fix="Save it again."
+                ) from None
         return _check_labels(path, Arrays(reader, labels), None, None)
     if suffix == ".npz":
         try:
