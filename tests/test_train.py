@@ -141,9 +141,8 @@ def test_bad_train_config(field, value, message):
 
 def test_data_of_wrong_shape(mnist):
     flat = sparseae.Dataset("flat", mnist.train[:10].flatten(1), mnist.test[:10].flatten(1))
-    with pytest.raises(
-        sparseae.SparseAEError, match=r"data: expected samples of the model's input shape \(1, 28, 28\) \(784 values each\), got shape \(784,\)"
-    ):
+    message = r"data: expected samples of the model's input shape \(1, 28, 28\) \(784 values each\), got shape \(784,\)"
+    with pytest.raises(sparseae.SparseAEError, match=message):
         sparseae.train(sparseae.mnist_conv(), flat, progress=False)
 
 

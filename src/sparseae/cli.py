@@ -18,7 +18,7 @@ import time
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, NoReturn, get_args, get_origin
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser(argv).parse_args(argv)
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
         return args.run(args)
-    except SparseAEError as e:
+    except (SparseAEError, _UsageError) as e:
         if debug:
             raise
         print(f"sparseae: error: {e}", file=sys.stderr)
@@ -71,8 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _UsageError(Exception):
+    """A command line argparse cannot parse; printed in one line like every user error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparseae", description="Train, evaluate and explore sparse autoencoders.")
+    parser = _Parser(prog="sparseae", description="Train, evaluate and explore sparse autoencoders.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="Print only the results, no progress.")
@@ -266,7 +275,13 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None
                 got=repr(key),
                 fix="Remove or rename the key.",
             )
-        defaults[action.dest] = action.type(str(value)) if action.type and not isinstance(value, bool) else value
+        try:
+            defaults[action.dest] = action.type(str(value)) if action.type and not isinstance(value, bool) else value
+        except argparse.ArgumentTypeError as e:
+            expected, _, got = str(e).removeprefix("expected ").rpartition(", got ")
+            raise SparseAEError(
+                f"{path}: key {key!r}", expected=expected, got=got, fix="Fix the value (--help lists each flag's type)."
+            ) from None
     parser.set_defaults(**defaults)
 
 
@@ -393,12 +408,12 @@ def _lm_config(args: argparse.Namespace) -> ActivationConfig:
 
 
 def _absolute_source(source: str) -> str:
-    """A path source made absolute (so that the run can find it from anywhere); names kept."""
+    """A path source made absolute (so that the run can find it from anywhere); names, and paths not there, kept."""
     if is_named_source(source):
         return source
     if source.startswith("patches:"):
         return "patches:" + str(Path(source.partition(":")[2]).resolve())
-    return str(Path(source).resolve())
+    return str(Path(source).resolve()) if Path(source).exists() else source
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -495,7 +510,12 @@ def _run_data(run_dir: Path, override: str | None) -> Dataset:
     return load_run_data(run_dir, run, fix="Pass --data.")
 
 
+def _check_batch_size(args: argparse.Namespace) -> None:
+    check(args.batch_size >= 1, "--batch-size", expected="an integer >= 1", got=args.batch_size, fix="Use e.g. 1000.")
+
+
 def _eval(args: argparse.Namespace) -> int:
+    _check_batch_size(args)
     device = pick_device(args.device)
     model = load(args.run_dir, device)
     data = _run_data(args.run_dir, args.data)
@@ -559,6 +579,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    _check_batch_size(args)
     if args.output.exists() and not args.overwrite:
         raise SparseAEError(
             str(args.output),

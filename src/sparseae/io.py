@@ -30,6 +30,13 @@ os.umask(_UMASK)
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise SparseAEError(
+            str(path),
+            expected="a path in an existing directory",
+            got=f"{path.parent} (no such directory)" if not path.parent.exists() else f"{path.parent} (a file)",
+            fix="Create the directory first, or choose another path.",
+        )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
@@ -38,9 +45,23 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)  # the rename itself survives a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -53,6 +74,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise SparseAEError(str(path), expected="a JSON file", got="no such file", fix="Check the path.") from None
+    except OSError as e:
+        got = "a directory" if path.is_dir() else f"an unreadable file ({e.strerror})"
+        raise SparseAEError(str(path), expected="a JSON file", got=got, fix="Check the path.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SparseAEError(
             str(path), expected="valid JSON", got=f"a parse error ({e})", fix="Repair or remove the file."

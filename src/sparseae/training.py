@@ -265,7 +265,15 @@ def _new_run_dir(run_dir: Path, model: Autoencoder, config: TrainConfig, data: D
             got="a file" if not run_dir.is_dir() else "a directory that already holds files",
             fix="Choose another --out, or continue that run with --resume.",
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        raise SparseAEError(
+            str(run_dir),
+            expected="a new or empty run directory",
+            got="a path inside a file",
+            fix="Choose another --out.",
+        ) from None
     write_json(
         run_dir / CONFIG_FILE,
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from difflib import get_close_matches
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def _load(source: str, config: DataConfig) -> Dataset:
         expected=f"one of {', '.join(NAMED_SOURCES)}, an array file ({' '.join(ARRAY_SUFFIXES)}) or a directory "
         "(images, IDX files or a shard cache)",
         got=f"{source!r} (no such file or directory)",
-        fix="Check the path or the name.",
+        fix="Check the path or the name." + "".join(f" Did you mean {m!r}?" for m in get_close_matches(source, NAMED_SOURCES, 1)),
     )
 
 

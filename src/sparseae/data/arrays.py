@@ -444,6 +444,16 @@ def _read_csv(path: Path, label_column: str | None) -> Arrays:
                     got=repr(text),
                     fix="Drop the non-numeric columns, or name the label column with --label-column.",
                 ) from None
+    if label_index is not None:
+        labels = values[:, label_index]
+        bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
+        if len(bad):
+            raise SparseAEError(
+                f"{path}, line {int(bad[0]) + (2 if header else 1)}, column {_column_name(header, label_index)}",
+                expected="a whole-number class label",
+                got=repr(body[int(bad[0])][label_index]),
+                fix="Encode the classes as 0, 1, 2, ...",
+            )
     return _split_label_column(path, values, label_index)
 
 

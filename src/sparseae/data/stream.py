@@ -24,6 +24,8 @@ DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_BUFFER_ROWS = 262_144
 """Rows in the shuffle buffer: batches are drawn at random from this many rows, read from
 chunks in random order. 262,144 rows of 768 float32 values take 0.8 GB."""
+GAP_ROWS = 64
+"""Selected rows at most this far apart are read in one span (reading the rows between)."""
 
 
 class Stream(ABC):
@@ -119,29 +121,39 @@ class RowStream(Stream):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _read_rows(self, rows: Tensor) -> Tensor:
-        """Rows ``rows`` (sorted) of the reader, reading one contiguous span per run of near rows."""
+    def _read_rows(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """Rows ``rows`` (sorted) of the reader, as float32, into ``out`` if given.
+
+        Neighbouring rows (at most ``GAP_ROWS`` apart) are read in one span of at most
+        ``chunk_rows`` rows, so that a scattered selection reads little more than it
+        needs and a long one never holds more than a chunk beyond ``out``.
+        """
+        out = torch.empty((len(rows), *self.sample_shape)) if out is None else out
         if len(rows) == 0:
-            return torch.empty((0, *self.sample_shape))
-        out = []
-        # Split where consecutive rows are more than a chunk apart, so that a sparse
-        # selection does not read the whole file in between.
-        gaps = torch.nonzero(rows[1:] - rows[:-1] > self.chunk_rows).flatten() + 1
-        for part in torch.tensor_split(rows, gaps.tolist()):
+            return out
+        new = torch.ones(len(rows), dtype=torch.bool)
+        new[1:] = rows[1:] - rows[:-1] > GAP_ROWS
+        first = rows[new][torch.cumsum(new, 0) - 1]  # the first row of each element's run
+        within = (rows - first) // self.chunk_rows
+        new[1:] |= within[1:] != within[:-1]
+        bounds = [*torch.nonzero(new).flatten().tolist(), len(rows)]
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            part = rows[lo:hi]
             start, stop = int(part[0]), int(part[-1]) + 1
             block = self.reader.read(start, stop)
             block = block if stop - start == len(part) else block[(part - start).numpy()]
             block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-            if not torch.isfinite(block).all():
-                bad = int(part[torch.nonzero(~torch.isfinite(block).flatten(1).all(1))[0]])
+            finite = torch.isfinite(block.flatten(1)).all(1)
+            if not finite.all():
+                bad = int(part[torch.nonzero(~finite)[0]])
                 raise SparseAEError(
                     f"{self.reader.path}, row {bad}",
                     expected="finite numbers",
                     got="NaN or infinity",
                     fix="Clean the data first, e.g. x[~np.isfinite(x)] = 0, or drop those rows.",
                 )
-            out.append(block)
-        return torch.cat(out)
+            out[lo:hi] = block
+        return out
 
     def __getitem__(self, index: int | slice | Tensor) -> Tensor:
         if isinstance(index, int) or isinstance(index, Tensor) and index.ndim == 0:
@@ -173,15 +185,22 @@ class RowStream(Stream):
         n_chunks = math.ceil(len(self.rows) / self.chunk_rows)
         chunk_order = torch.randperm(n_chunks, generator=g)
         per_buffer = max(1, self.buffer_rows // self.chunk_rows)
-        left = torch.empty((0, *self.sample_shape))
+        # One buffer for the whole epoch: the rows left over from the last fill (fewer than
+        # a batch) first, then the chunks read straight into it. Batches are gathered from
+        # it by a shuffled index, so no shuffled copy of the buffer is ever made.
+        buffer = torch.empty((min(len(self.rows), per_buffer * self.chunk_rows) + batch_size, *self.sample_shape))
+        held = 0
         for i in range(0, n_chunks, per_buffer):
-            parts = [left]
             for c in chunk_order[i : i + per_buffer].tolist():
-                parts.append(self._read_rows(self.rows[c * self.chunk_rows : (c + 1) * self.chunk_rows]))
-            buffer = torch.cat(parts)
-            buffer = buffer[torch.randperm(len(buffer), generator=g)]
-            whole = len(buffer) // batch_size * batch_size
-            yield from buffer[:whole].split(batch_size)
-            left = buffer[whole:]
-        if len(left):
-            yield left
+                rows = self.rows[c * self.chunk_rows : (c + 1) * self.chunk_rows]
+                self._read_rows(rows, buffer[held : held + len(rows)])
+                held += len(rows)
+            order = torch.randperm(held, generator=g)
+            whole = held // batch_size * batch_size
+            for j in range(0, whole, batch_size):
+                yield buffer[order[j : j + batch_size]]
+            rest = buffer[order[whole:held]]  # a copy, so it can move to the front
+            buffer[: len(rest)] = rest
+            held = len(rest)
+        if held:
+            yield buffer[:held].clone()

@@ -111,7 +111,7 @@ def _import_sparsity(name: str) -> type[Sparsity]:
     module_name, _, attr = name.partition(":")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+    except Exception as e:  # the user's module may fail in any way while it is imported
         raise SparseAEError(
             "sparsity",
             expected="module:ClassName naming an importable Sparsity subclass",
