@@ -6,11 +6,14 @@ trains one epoch of a dense TopK SAE on each with ``load="stream"``, and one epo
 the smallest with ``load="memory"`` for contrast. Every run is a fresh subprocess, so
 its peak RSS is its own: the child reports ``ru_maxrss`` and its ``VmHWM`` at phase
 boundaries (data loaded, prepare sample drawn, first shuffle buffer, last batch,
-after the test evaluation); the parent samples the child's ``/proc/PID/status``
-meanwhile. Writes benchmarks/results/streaming_memory.{json,md}; asserts nothing.
+start of the test evaluation, after it), with the bytes read from files so far
+(``rchar`` of ``/proc/self/io``); the parent samples the child's ``/proc/PID/status``
+meanwhile. The test evaluation is timed on its own. Writes
+benchmarks/results/streaming_memory.{json,md}, comparing peak RSS with the results
+already there (``--previous``; ``--note`` adds a line); asserts nothing.
 
     .venv/bin/python benchmarks/streaming_memory.py --sizes-gb 1 8
-    .venv/bin/python benchmarks/streaming_memory.py --sizes-gb 0.05 0.2 --memory-sizes-gb 0.05   # a quick check
+    .venv/bin/python benchmarks/streaming_memory.py --sizes-gb 0.05 0.2 --memory-sizes-gb 0.05 --out /tmp/check   # a quick check
 
 The files go to --workdir (kept between runs with --keep and reused when their sidecar
 matches the settings); without --keep they are deleted at the end.
@@ -144,18 +147,29 @@ def _status(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
+def _read_bytes() -> int:
+    """Bytes this process has read from files and pipes so far (``rchar``; page-cache hits count too)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def child(spec: dict[str, Any]) -> None:
     """Train one epoch as ``spec`` says and write what was measured to ``spec['result']``."""
     marks: list[dict[str, Any]] = []
     t0 = time.time()
 
     def mark(phase: str) -> None:
-        marks.append({"phase": phase, "t": round(time.time() - t0, 3), **_status()})
+        marks.append({"phase": phase, "t": round(time.time() - t0, 3), "read_bytes": _read_bytes(), **_status()})
 
     import torch
 
     import sparseae
-    from sparseae.data import Stream
+    from sparseae.data import RowStream, Stream
 
     class Probed(Stream):
         """The training split as it is, marking memory when the prepare sample is drawn and as batches are read."""
@@ -183,6 +197,23 @@ def child(spec: dict[str, Any]) -> None:
                     mark("epoch: last batch read")
                 yield batch
 
+    class ProbedTest(RowStream):
+        """The test split on disk as it is, marking when the evaluation first reads it and timing its reads."""
+
+        def __init__(self, inner: RowStream):
+            super().__init__(inner.reader, inner.rows, chunk_rows=inner.chunk_rows, buffer_rows=inner.buffer_rows)
+            self.started: float | None = None
+            self.read_s = 0.0
+
+        def __getitem__(self, index: Any) -> torch.Tensor:
+            if self.started is None:
+                mark("eval: first test batch")
+                self.started = time.perf_counter()
+            start = time.perf_counter()
+            out = super().__getitem__(index)
+            self.read_s += time.perf_counter() - start
+            return out
+
     mark("started")
     config = sparseae.DataConfig(source=spec["path"], load=spec["mode"], shuffle_buffer=spec["shuffle_buffer"])
     start = time.perf_counter()
@@ -192,6 +223,8 @@ def child(spec: dict[str, Any]) -> None:
     n_train = len(data.train)
     if isinstance(data.train, Stream):
         data = replace(data, train=Probed(data.train, -(-n_train // spec["batch_size"])))
+    if isinstance(data.test, RowStream):
+        data = replace(data, test=ProbedTest(data.test))
     model = sparseae.build_preset(
         "dense",
         data.sample_shape,
@@ -206,8 +239,12 @@ def child(spec: dict[str, Any]) -> None:
     start = time.perf_counter()
     result = sparseae.train(model, data, train_config, progress=False)
     train_s = time.perf_counter() - start
+    done = time.perf_counter()
     mark("trained and evaluated")
     record = result.metrics[-1]
+    eval_s = eval_read_s = None
+    if isinstance(data.test, ProbedTest) and data.test.started is not None:
+        eval_s, eval_read_s = done - data.test.started, data.test.read_s
     out = {
         "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "load_s": load_s,
@@ -217,6 +254,8 @@ def child(spec: dict[str, Any]) -> None:
         "rows_per_s": n_train / train_s,
         "epoch_time_s": record["epoch_time_s"],
         "samples_per_s": record["samples_per_s"],
+        "eval_s": eval_s,
+        "eval_read_s": eval_read_s,
         "test_fvu": record["test_fvu"],
         "test_l0": record["test_l0"],
         "test_dead_units": record["test_dead_units"],
@@ -276,7 +315,12 @@ def main() -> None:
     parser.add_argument("--atoms", type=int, default=512, help="atoms in the random dictionary the rows are made of")
     parser.add_argument("--active", type=int, default=8, help="atoms per row")
     parser.add_argument("--noise", type=float, default=0.05, help="standard deviation of the noise added to each value")
-    parser.add_argument("--n-latents", type=int, default=512)
+    parser.add_argument(
+        "--n-latents",
+        type=int,
+        default=512,
+        help="512, not 1024: with AuxK on, 1024 ran ~3,000 rows/s on 2 cores (8 GiB: ~47 min)",
+    )
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--aux-k", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4096)
@@ -287,12 +331,24 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples of the child's RSS")
     parser.add_argument("--run-timeout", type=float, default=None, help="kill a training run after this many seconds")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="an earlier streaming_memory.json to compare with (default: the one in --out, if any)")  # fmt: skip
+    parser.add_argument("--note", default="", help="a line added to the table (e.g. what changed since --previous)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json in --out (with --note)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
+    if args.render_only:
+        summary = json.loads((args.out / "streaming_memory.json").read_text())
+        summary["note"] = args.note or summary.get("note", "")
+        (args.out / "streaming_memory.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (args.out / "streaming_memory.md").write_text(_table(summary))
+        print(_table(summary))
+        return
     memory_sizes = [min(args.sizes_gb)] if args.memory_sizes_gb is None else args.memory_sizes_gb
+    previous = _previous(args.previous or args.out / "streaming_memory.json")  # read now: --out is overwritten
     args.workdir.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("d_in", "atoms", "active", "noise", "n_latents", "k", "aux_k", "batch_size")}
     settings["shuffle_buffer"] = args.shuffle_buffer
@@ -338,6 +394,8 @@ def main() -> None:
         "generate_s": generate_s,
         "stream_peak_ratio": _stream_ratio(runs),
         "runs": runs,
+        "note": args.note,
+        "previous": previous,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "streaming_memory.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -354,6 +412,42 @@ def _stream_ratio(runs: list[dict[str, Any]]) -> float | None:
     return streamed[-1]["ru_maxrss_kib"] / streamed[0]["ru_maxrss_kib"]
 
 
+def _previous(path: Path) -> dict[str, Any] | None:
+    """Date, machine, settings and peak RSS per run of an earlier result file (None if there is none)."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    return {
+        "file": str(path),
+        "date": old["date"],
+        "machine": old["machine"],
+        "settings": old["settings"],
+        "peaks_kib": {f"{r['size_gb']:g} {r['mode']}": r["ru_maxrss_kib"] for r in old["runs"]},
+        # from the last batch read to the end: the evaluation and the last step
+        "eval_s": {
+            f"{r['size_gb']:g} {r['mode']}": _phase_gap(r, "epoch: last batch read", "trained and evaluated") for r in old["runs"]
+        },
+    }
+
+
+def _mark(run: dict[str, Any], phase: str) -> dict[str, Any] | None:
+    return next((m for m in run["marks"] if m["phase"] == phase), None)
+
+
+def _phase_gap(run: dict[str, Any], first: str, last: str) -> float | None:
+    """Seconds between two marks of a run (None if either is missing)."""
+    a, b = _mark(run, first), _mark(run, last)
+    return None if a is None or b is None else b["t"] - a["t"]
+
+
+def _read_share(run: dict[str, Any], first: str, last: str) -> str:
+    """Bytes read between two marks, as a share of the file."""
+    a, b = _mark(run, first), _mark(run, last)
+    if a is None or b is None or "read_bytes" not in a:
+        return "-"
+    return f"{(b['read_bytes'] - a['read_bytes']) / run['file_bytes']:.1%}"
+
+
 def _table(summary: dict[str, Any]) -> str:
     s, m = summary["settings"], summary["machine"]
     mb = 1024  # KiB per MiB
@@ -364,21 +458,60 @@ def _table(summary: dict[str, Any]) -> str:
         f"streamed runs use a {s['shuffle_buffer']:,}-row shuffle buffer. Each run in a fresh process. "
         f"{m['cpu']}, {m['threads']} threads, {m['ram_gib']} GiB RAM, torch {m['torch']}, {summary['date'][:10]}.",
         "",
-        "| data | mode | rows | peak RSS MB | wall s | rows/s | test FVU |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    prev = summary.get("previous")
+    comparable = prev is not None and prev["settings"] == s
+    head = "| data | mode | rows | peak RSS MB | peak / file | wall s | rows/s | test eval s | test FVU |"
+    rule = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    if comparable:
+        head, rule = head + " previous peak RSS MB |", rule + " --- |"
+    lines += [head, rule]
     for r in summary["runs"]:
-        lines.append(
+        eval_s = "-" if r.get("eval_s") is None else f"{r['eval_s']:.1f}"
+        line = (
             f"| {r['size_gb']:g} GiB | {r['mode']} | {r['train_rows'] + r['test_rows']:,} | {r['ru_maxrss_kib'] / mb:,.0f} | "
-            f"{r['wall_s']:.0f} | {r['rows_per_s']:,.0f} | {r['test_fvu']:.4f} |"
+            f"{r['ru_maxrss_kib'] * 1024 / r['file_bytes']:.2f} | {r['wall_s']:.0f} | {r['rows_per_s']:,.0f} | {eval_s} | "
+            f"{r['test_fvu']:.4f} |"
         )
+        if comparable:
+            old = prev["peaks_kib"].get(f"{r['size_gb']:g} {r['mode']}")
+            line += f" {'-' if old is None else f'{old / mb:,.0f}'} |"
+        lines.append(line)
     lines += [
         "",
         "Peak RSS is the child's `ru_maxrss`; wall s is the whole child process (start-up, loading, one epoch, test "
-        "evaluation); rows/s is training rows over the time in `sparseae.train` (prepare sample, epoch, evaluation).",
+        "evaluation); rows/s is training rows over the time in `sparseae.train` (prepare sample, epoch, evaluation); "
+        "test eval s is the evaluation on the streamed test split, from its first read to the end of `sparseae.train` "
+        "(the in-memory test split is a tensor and is not timed).",
     ]
+    if comparable:
+        m0 = prev["machine"]
+        lines.append(
+            f"Previous peak RSS: {Path(prev['file']).name} of {prev['date'][:10]} (same settings; {m0['cpu']}, "
+            f"{m0['threads']} threads, {m0['ram_gib']} GiB RAM, torch {m0['torch']})."
+        )
+    elif prev is not None:
+        lines.append(f"({Path(prev['file']).name} of {prev['date'][:10]} used other settings: not compared.)")
     if summary["stream_peak_ratio"] is not None:
         lines.append(f"Largest / smallest streamed peak RSS: {summary['stream_peak_ratio']:.2f}.")
+    if summary.get("note"):
+        lines += ["", summary["note"]]
+    streamed = [r for r in summary["runs"] if r["mode"] == "stream"]
+    if streamed and "read_bytes" in streamed[0]["marks"][0]:
+        lines += [
+            "",
+            "Read from the file (`rchar`, page-cache hits included) as a share of its size: by the prepare sample; by the "
+            "epoch (first batch to last); by the test evaluation.",
+            "",
+            "| data | prepare sample | epoch | test evaluation |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in streamed:
+            lines.append(
+                f"| {r['size_gb']:g} GiB | {_read_share(r, 'prepare: before sample', 'prepare: sample drawn')} | "
+                f"{_read_share(r, 'prepare: sample drawn', 'epoch: last batch read')} | "
+                f"{_read_share(r, 'eval: first test batch', 'trained and evaluated')} |"
+            )
     phases = list(dict.fromkeys(mark["phase"] for r in summary["runs"] for mark in r["marks"]))
     lines += [
         "",

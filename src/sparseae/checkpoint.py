@@ -39,16 +39,22 @@ def digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    """Write a checkpoint of ``tensors`` and JSON-ready ``meta``, keeping the previous one."""
+def check_finite(tensors: dict[str, Tensor]) -> None:
+    """Refuse NaN or infinite values: a diverged model is never written."""
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise SparseAEError(
                 f"checkpoint tensor {name}",
                 expected="finite values",
                 got="NaN or infinity",
-                fix="Training diverged; the last good checkpoint is kept. Lower --lr and resume.",
+                fix="Training diverged (learning rate too high, or NaN/inf in the data) and nothing more was written; "
+                "start again with a lower --lr or clean data.",
             )
+
+
+def save(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+    """Write a checkpoint of ``tensors`` and JSON-ready ``meta``, keeping the previous one."""
+    check_finite(tensors)
     path, previous = run_dir / CHECKPOINT_FILE, run_dir / PREVIOUS_FILE
     metadata = {"sparseae": json.dumps(meta), "sha256": digest(tensors)}
     if path.exists():
@@ -72,7 +78,8 @@ def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         ) from None
     actual = digest(tensors)
     if actual != expected:
-        raise SparseAEError(str(path), expected=f"tensors with sha256 {expected}", got=actual, fix="The checkpoint is corrupt.")
+        got = f"a checksum mismatch ({actual})"
+        raise SparseAEError(str(path), expected=f"tensors with sha256 {expected}", got=got, fix="The file is damaged.")
     return tensors, meta
 
 

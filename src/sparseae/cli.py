@@ -12,6 +12,7 @@ import inspect
 import io
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any, Literal, NoReturn, get_args, get_origin
 import numpy as np
 import torch
 
+from sparseae import distributed
 from sparseae._config import coerce, field_docs, from_dict
 from sparseae.data import DataConfig, Dataset, RowStream, is_named_source, load_data, read_arrays
 from sparseae.data.activations import ActivationConfig, cache_activations
@@ -59,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = _parser(argv).parse_args(argv)
+        if args.run in (_train, _sweep) and distributed.init_from_env() and not distributed.is_main():
+            args.quiet = True  # under torchrun, rank 0 alone reports
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
         return args.run(args)
     except (SparseAEError, _UsageError) as e:

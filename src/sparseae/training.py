@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import sparseae
-from sparseae import checkpoint
+from sparseae import checkpoint, distributed
 from sparseae._config import from_dict, to_dict
 from sparseae.checkpoint import RunLock
 from sparseae.data import DataConfig, Dataset, Stream, load_data
@@ -123,8 +123,10 @@ class TrainResult(NamedTuple):
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA, then MPS, then CPU; otherwise the named device, if it is there."""
+    """``auto`` -> CUDA (this rank's GPU under torchrun), then MPS, then CPU; otherwise the named device, if it is there."""
     if name == "auto":
+        if distributed.local_device() is not None:
+            return distributed.local_device()
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
@@ -245,8 +247,9 @@ def train(
         progress: Show a progress bar with the live loss.
     """
     _check_fits(model, data, "data")
-    if out is None:
-        return _fit(model, data, config, None, progress=progress)
+    distributed.init_from_env()
+    if out is None or not distributed.is_main():  # under torchrun only rank 0 writes the run
+        return _fit(model, data, config, None, progress=progress and distributed.is_main())
     run_dir = _new_run_dir(Path(out), model, config, data)
     with RunLock(run_dir):
         return _fit(model, data, config, run_dir, progress=progress)
@@ -294,13 +297,14 @@ def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool =
     """
     run_dir = Path(run_dir)
     run = read_run_config(run_dir)
-    with RunLock(run_dir):
+    distributed.init_from_env()
+    with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         tensors, meta = checkpoint.load_latest(run_dir)
         config = from_dict(TrainConfig, run["train"], f"{run_dir / CONFIG_FILE} train")
         model = model_from_cfg(run["model"], f"{run_dir / CONFIG_FILE} model")
         if data is None:
             data = load_run_data(run_dir, run, fix="Pass the same data: sparseae.resume(run, data=...).")
-        return _fit(model, data, config, run_dir, progress=progress, state=(tensors, meta))
+        return _fit(model, data, config, run_dir, progress=progress and distributed.is_main(), state=(tensors, meta))
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -346,13 +350,20 @@ class _Job:
     def __init__(self, model: Autoencoder, config: TrainConfig, run_dir: Path | None, device: torch.device):
         self.model, self.config, self.run_dir, self.device = model.to(device).train(), config, run_dir, device
         self.optimizer = make_optimizer(model, config)
+        # Under torchrun, DistributedDataParallel averages the gradients across ranks during
+        # backward; buffers (e.g. AuxK's counts) are kept equal by reductions in the model.
+        self.forward: Any = model
+        if distributed.active():
+            ids = [device.index] if device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         self.history: list[dict[str, Any]] = []
+        self.bad_in_row = self.first_bad = 0
         self.writer = _tensorboard_writer(run_dir / "tensorboard") if config.tensorboard and run_dir is not None else None
 
     def begin_epoch(self) -> None:
         self.sums = torch.zeros(4, device=self.device)  # loss, recon, penalty, aux
         self.fired = torch.zeros(self.model.n_latents, dtype=torch.bool, device=self.device)  # since the bar's last update
-        self.seen, self.busy, self.skipped, self.bad_in_row, self.first_bad = 0, 0.0, 0, 0, 0
+        self.seen, self.busy, self.skipped = 0, 0.0, 0  # bad_in_row runs on across epochs
 
     def step(self, x: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """One optimizer step on batch ``x`` (global step number ``step``); returns the loss and the code.
@@ -362,11 +373,20 @@ class _Job:
         """
         start = time.perf_counter()
         model, optimizer = self.model, self.optimizer
-        out = model(x)
+        if len(x) == 0:  # a distributed epoch's tail, too short to share: skipped on every rank
+            return torch.full((), torch.nan), x.new_zeros((0, model.n_latents))
+        out = self.forward(x)
         recon = reconstruction_loss(self.config.loss, out.recon, out.target)
         loss = recon + out.penalty + out.aux
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if distributed.active():
+            # Each rank's loss is a mean over its rows; weighted by its share of the global
+            # batch (times the ranks, which DDP's averaging divides out) the gradient is the
+            # one of the mean over the whole batch, even when the shares differ.
+            share = len(x) * distributed.world() / distributed.batch_total(len(x), x.device)
+            (loss * share).backward()
+        else:
+            loss.backward()
         if self.config.max_bad_steps and not self._finite(loss):
             self._bad_step(step)
             optimizer.zero_grad(set_to_none=True)
@@ -385,7 +405,8 @@ class _Job:
     def _finite(self, loss: Tensor) -> bool:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         norms = torch._foreach_norm(grads) if grads else []
-        return bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all())  # one sync for all of them
+        bad = (~torch.isfinite(torch.stack([loss.detach(), *norms])).all()).to(torch.uint8)
+        return not bool(distributed.all_max(bad))  # one sync for all of them; every rank skips alike
 
     def _bad_step(self, step: int) -> None:
         self.skipped += 1
@@ -394,14 +415,18 @@ class _Job:
             self.first_bad = step
         log.warning("step %d: loss or gradients not finite; step skipped", step)
         if self.bad_in_row >= self.config.max_bad_steps:
-            where = f"{self.run_dir}, " if self.run_dir else ""
-            raise SparseAEError(
-                f"{where}training step {step}",
-                expected="a finite loss and finite gradients",
-                got=f"NaN or infinity in {self.bad_in_row} steps in a row, from step {self.first_bad}",
-                fix=f"Lower the learning rate (--lr {self.config.lr:g} now), or check the data for NaN/inf; "
-                "the last good checkpoint is kept (continue with --resume).",
-            )
+            self._diverged(step)
+
+    def _diverged(self, step: int) -> None:
+        where = f"{self.run_dir}, " if self.run_dir else ""
+        raise SparseAEError(
+            f"{where}training step {step}",
+            expected="a finite loss and finite gradients",
+            got=f"NaN or infinity (or gradients beyond float32's range) in {self.bad_in_row} steps in a row, "
+            f"from step {self.first_bad}",
+            fix=f"Start again with a lower learning rate (--lr {self.config.lr:g} now), or clean the data of NaN/inf; "
+            "what the run wrote before is kept intact.",
+        )
 
     def state(self) -> dict[str, Tensor]:
         """The epoch's running sums, for a checkpoint within an epoch."""
@@ -419,10 +444,11 @@ class _Job:
 
     def end_epoch(self, epoch: int, step: int, n_epochs: int, elapsed: float, data: Dataset, progress: bool) -> None:
         model = self.model
-        if self.seen == 0:
-            raise SparseAEError(
-                f"epoch {epoch}", expected="at least one step with a finite loss", got="none", fix="Lower the learning rate."
-            )
+        if distributed.active():  # the epoch's sums over every rank's rows
+            self.sums = distributed.all_sum(self.sums)
+            self.seen = int(distributed.all_sum(torch.tensor(self.seen, device=self.device)))
+        if self.seen == 0:  # every step of the epoch was skipped, fewer than max_bad_steps of them
+            self._diverged(step)
         train_loss, train_recon, train_penalty, train_aux = (self.sums / self.seen).tolist()
         test = evaluate(model, data.test, self.config.eval_batch_size, self.device, progress)
         record = {
@@ -445,9 +471,13 @@ class _Job:
             test["mse"], test["fvu"], test["l0"], test["dead_units"], model.n_latents,
         )  # fmt: skip
         if self.run_dir is not None:
-            self.save_checkpoint(epoch, 0, step)  # first: it refuses non-finite weights before anything is written
+            # The record goes before the checkpoint: a crash between them redoes the epoch on
+            # resume (the record is dropped as newer than the checkpoint) instead of losing it.
+            tensors, meta = self.checkpoint_state(epoch, 0, step)
+            checkpoint.check_finite(tensors)  # nothing is written from a diverged model
             with open(self.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            checkpoint.save(self.run_dir, tensors, meta)
             save_model(model, self.run_dir)
             save_reconstructions(model, data.test, self.run_dir / RECONSTRUCTIONS_FILE)
         if self.writer is not None:
@@ -463,6 +493,9 @@ class _Job:
     def save_checkpoint(self, epoch: int, batch: int, step: int) -> None:
         """Checkpoint after ``batch`` batches of epoch ``epoch`` (0-based; batch 0: the epoch's start), at global ``step``."""
         assert self.run_dir is not None
+        checkpoint.save(self.run_dir, *self.checkpoint_state(epoch, batch, step))
+
+    def checkpoint_state(self, epoch: int, batch: int, step: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
         opt = self.optimizer.state_dict()
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         for index, state in opt["state"].items():
@@ -471,7 +504,7 @@ class _Job:
         if batch:
             tensors.update({f"epoch.{k}": v for k, v in self.state().items()})
         meta = {"epoch": epoch, "batch": batch, "step": step, "param_groups": opt["param_groups"]}
-        checkpoint.save(self.run_dir, tensors, meta)
+        return tensors, meta
 
     def load_checkpoint(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> tuple[int, int, int]:
         """Restore model, optimizer, RNG and the epoch's sums; returns (epoch, batch, step)."""
@@ -513,13 +546,14 @@ def _fit(
     progress: bool,
     state: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
 ) -> TrainResult:
+    run_dir = run_dir if distributed.is_main() else None  # under torchrun only rank 0 writes
     job = _Job(model, config, run_dir, pick_device(config.device))
     epoch = batch = step = 0
     if state is not None:
-        assert run_dir is not None
         epoch, batch, step = job.load_checkpoint(*state)
-        job.history = [r for r in read_metrics(run_dir) if r["step"] <= step]
-        atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
+        if run_dir is not None:
+            job.history = [r for r in read_metrics(run_dir) if r["step"] <= step]
+            atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
         log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch, step)
     _run([job], data, config, progress=progress, epoch=epoch, batch=batch, step=step, prepare=state is None)
     return job.result()
@@ -543,10 +577,14 @@ def _run(
             sample = data.train.sample(PREPARE_SAMPLES, config.seed).to(device)
         else:
             sample = data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device)
+        finite = torch.isfinite(sample.flatten(1)).all(1)
+        if not finite.all():  # NaN rows must not set the initial biases; their steps are skipped later
+            log.warning("%d of %d samples for initialisation are not finite; left out", int((~finite).sum()), len(sample))
+            sample = sample[finite]
         for job in jobs:
             job.model.initialise(sample)
     while step < total_steps:
-        batches = _epoch_batches(data.train, config.batch_size, config.seed, epoch, start=batch)
+        batches = _epoch_batches(data.train, config.batch_size, config.seed, epoch, start=batch, part=distributed.part())
         epoch_steps = min(steps_per_epoch - batch, total_steps - step)
         for job in jobs:
             job.begin_epoch()
@@ -588,14 +626,26 @@ def _run(
             job.writer.close()
 
 
-def _epoch_batches(x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator[Tensor]:
-    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by :func:`epoch_order`, a stream's by its buffer)."""
+def _epoch_batches(
+    x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)
+) -> Iterator[Tensor]:
+    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by :func:`epoch_order`, a stream's by its buffer).
+
+    ``part = (rank, world)``: this rank's share of each batch, an even split in rank
+    order (a tensor reads only its rows; a stream is read whole on every rank).
+    """
+    rank, world = part
+
+    def share(rows: Tensor) -> Tensor:  # a tail batch with fewer rows than ranks is left out on every rank
+        return rows.tensor_split(world)[rank] if len(rows) >= world else rows[:0]
+
     if isinstance(x, Stream):
-        yield from itertools.islice(x.batches(batch_size, seed, epoch), start, None)  # a stream is read up to there
+        for batch in itertools.islice(x.batches(batch_size, seed, epoch), start, None):  # a stream is read up to there
+            yield share(batch)
         return
     order = epoch_order(len(x), seed, epoch)
     for i in range(start * batch_size, len(x), batch_size):
-        yield x[order[i : i + batch_size]]
+        yield x[share(order[i : i + batch_size])]
 
 
 def sweep(
@@ -614,12 +664,14 @@ def sweep(
     time spent on the batches.
     """
     check(len(models) >= 1, "sweep", expected="at least one model", got=0, fix="Pass a dict of name -> model.")
+    distributed.init_from_env()
+    progress = progress and distributed.is_main()
     device = pick_device(config.device)
     jobs = []
     with contextlib.ExitStack() as locks:
         for name, model in models.items():
             _check_fits(model, data, f"data for sweep model {name!r}")
-            run_dir = None if out is None else _new_run_dir(Path(out) / name, model, config, data)
+            run_dir = None if out is None or not distributed.is_main() else _new_run_dir(Path(out) / name, model, config, data)
             if run_dir is not None:
                 locks.enter_context(RunLock(run_dir))
             jobs.append(_Job(model, config, run_dir, device))

@@ -117,8 +117,9 @@ def _from_arrays(path: Path, arrays: Arrays, config: DataConfig) -> Dataset:
         train = RowStream(x, train_rows, buffer_rows=config.shuffle_buffer)
         test = RowStream(x, test_rows, buffer_rows=config.shuffle_buffer)
         return Dataset(name, train, test, _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names)
-    if isinstance(x, RowReader):
-        x = RowStream(x)[:]  # read whole, checked finite on the way
+    if isinstance(x, RowReader):  # each split read straight into its own tensor, checked finite on the way
+        train, test = RowStream(x, train_rows)[:], RowStream(x, test_rows)[:]
+        return Dataset(name, train, test, _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names)
     x = _finite(path, x.float())
     return Dataset(
         name, x[train_rows], x[test_rows], _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from sparseae import distributed
 from sparseae.errors import check
 from sparseae.models.base import Autoencoder, register_model
 from sparseae.sparsity import Sparsity
@@ -112,8 +113,10 @@ class DenseAutoencoder(Autoencoder):
         if not self.training:
             return loss
         with torch.no_grad():
-            self.samples_since_fired += len(code)
-            self.samples_since_fired[(code != 0).any(0)] = 0
+            # Counted over the global batch when distributed, so every rank agrees on which latents are dead.
+            fired = distributed.all_max((code != 0).any(0).to(torch.uint8)).bool()
+            self.samples_since_fired += distributed.batch_total(len(code), code.device)
+            self.samples_since_fired[fired] = 0
         dead = self.samples_since_fired >= c.dead_window  # (n_latents,)
         if c.aux_k and dead.any():
             k = min(c.aux_k, int(dead.sum()))
@@ -121,7 +124,14 @@ class DenseAutoencoder(Autoencoder):
             aux_code = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
             residual = (x - recon).flatten(1).detach()  # what the live latents miss
             aux_recon = aux_code @ self.W_dec.T  # (B, d_in)
-            scale = (residual - residual.mean(0)).square().sum().clamp(min=1e-12)
+            if distributed.active():
+                # The residual's spread over the global batch; the loss is weighted per rank
+                # like a mean (by the trainer), hence the n / len(x) share here.
+                n = distributed.batch_total(len(residual), residual.device)
+                mean = distributed.all_sum(residual.sum(0)) / n
+                scale = distributed.all_sum((residual - mean).square().sum()).clamp(min=1e-12) * len(residual) / n
+            else:
+                scale = (residual - residual.mean(0)).square().sum().clamp(min=1e-12)
             loss = loss + c.aux_coef * (aux_recon - residual).square().sum() / scale
         return loss
 

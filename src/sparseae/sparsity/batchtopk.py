@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sparseae import distributed
 from sparseae.sparsity.base import Sparsity, check_k, check_open_unit, check_positive_int, register
 
 
@@ -37,13 +38,33 @@ class BatchTopK(Sparsity):
         relu = torch.relu(pre)
         if not self.training:
             return relu * (relu > self.threshold.clamp(min=0))
+        if distributed.active():
+            return self._forward_distributed(relu)
         flat = relu.flatten()
         values, indices = flat.topk(min(self.k * len(pre), flat.numel()), sorted=False)
         code = torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre)
         with torch.no_grad():
             kept = values[values > 0]
             if kept.numel():
-                low = kept.min()
-                m = self.threshold_momentum
-                self.threshold.copy_(low if self.threshold < 0 else m * self.threshold + (1 - m) * low)
+                self._update_threshold(kept.min())
+        return code
+
+    def _update_threshold(self, low: Tensor) -> None:
+        m = self.threshold_momentum
+        self.threshold.copy_(low if self.threshold < 0 else m * self.threshold + (1 - m) * low)
+
+    def _forward_distributed(self, relu: Tensor) -> Tensor:
+        """The selection over the global batch: each rank's candidates are gathered to find the cut."""
+        n = distributed.batch_total(len(relu), relu.device)
+        flat = relu.flatten()
+        keep = self.k * n
+        candidates = distributed.all_gather(flat.topk(min(keep, flat.numel()), sorted=False).values)
+        cut = candidates.topk(min(keep, candidates.numel()), sorted=False).values.min()
+        code = relu * (relu >= cut)  # ties at the cut aside, the global batch's keep largest
+        with torch.no_grad():
+            kept = code[code > 0]
+            local_low = kept.min() if kept.numel() else relu.new_tensor(torch.inf)
+            low = -distributed.all_max(-local_low)
+            if torch.isfinite(low):
+                self._update_threshold(low)
         return code
