@@ -300,6 +300,18 @@ def test_natural_image_patches_train_a_dense_topk_sae():
     assert_learned(train(model_for(data), data, TRAIN, progress=False).metrics)
 
 
+def test_natural_image_patches_from_the_cli_with_center_and_zca(tmp_path):
+    run = tmp_path / "patches"
+    argv = ["train", "--data", "patches", "--patch-size", "6", "--n-patches", "1000", "--model", "dense", "--sparsity", "topk",
+            "--k", "4", "--n-latents", "32", "--epochs", "8", "--batch-size", "64", "--lr", "3e-3",
+            "--preprocess", "center,zca", "--out", str(run), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = read_metrics(run)  # whitened patches are hard to compress: every direction has the same variance
+    assert metrics[-1]["train_recon"] < 0.85 * metrics[0]["train_recon"]
+    model = sparseae.load(run)
+    assert model.input_shape == (1, 6, 6) and model.preprocess.steps == ("center", "zca")
+
+
 # --- streaming ------------------------------------------------------------------------
 
 
