@@ -150,10 +150,10 @@ def test_resume_reports_a_damaged_checkpoint(small, tmp_path):
     sparseae.train(
         sparseae.mnist_conv(seed=1), small.subset(256, 64), sparseae.TrainConfig(epochs=2), tmp_path / "run", progress=False
     )
-    (tmp_path / "run" / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(
-        sparseae.SparseAEError, match=r"checkpoint\.safetensors: expected a valid safetensors file, got an unreadable one"
-    ):
+    for name in ("checkpoint.safetensors", "checkpoint-prev.safetensors"):  # the latest alone would be replaced by the one before
+        (tmp_path / "run" / name).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    message = r"expected a readable checkpoint\.safetensors \(or checkpoint-prev\.safetensors\), got checkpoint\.safetensors: an"
+    with pytest.raises(sparseae.SparseAEError, match=message):
         sparseae.resume(tmp_path / "run", progress=False)
 
 

@@ -122,6 +122,27 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--ce-batches", type=int, default=16, help="Forward passes for --ce-loss (default: %(default)s).")
     p.set_defaults(run=_eval)
 
+    p = sub.add_parser("export", parents=[common], help="Write a trained model as ONNX, as SAELens files, or as a Hub folder.")
+    p.add_argument("run_dir", type=Path, metavar="RUN", help="A run or model directory.")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["onnx", "saelens", "hub"],
+        help="onnx: a .onnx graph (onnxruntime); saelens: cfg.json + sae_weights.safetensors as SAELens reads them; "
+        "hub: a Hugging Face Hub model folder.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="The .onnx file, or the directory to create.")
+    p.add_argument(
+        "--part",
+        choices=["encoder", "autoencoder"],
+        default="encoder",
+        help="ONNX: the encoder alone (inputs -> codes) or the whole autoencoder (-> codes, reconstruction).",
+    )
+    p.add_argument("--hook-name", help="SAELens: the hook the SAE reads, e.g. blocks.6.hook_resid_post.")
+    p.add_argument("--model-name", help="SAELens: the language model, e.g. gpt2.")
+    p.add_argument("--repo-id", help="Hub: the repository id the model card names, user/repo.")
+    p.set_defaults(run=_export)
+
     p = sub.add_parser(
         "cache-activations",
         parents=[common],
@@ -530,6 +551,23 @@ def _eval(args: argparse.Namespace) -> int:
     if args.ce_loss:
         metrics.update(_ce_loss(model, args.run_dir, args))
     print(_format_metrics(metrics, f"{args.run_dir} on {data.name} test ({len(data.test)} samples)"))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from sparseae.export import export_onnx
+
+        path = export_onnx(load(args.run_dir), args.out, part=args.part)
+    elif args.format == "saelens":
+        from sparseae.interop import export_saelens
+
+        path = export_saelens(load(args.run_dir), args.out, hook_name=args.hook_name, model_name=args.model_name)
+    else:
+        from sparseae.export import publish_folder
+
+        path = publish_folder(args.run_dir, args.out, repo_id=args.repo_id)
+    print(f"{args.format}: {path}")
     return 0
 
 

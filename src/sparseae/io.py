@@ -134,7 +134,13 @@ def model_from_cfg(cfg: Any, what: str) -> Autoencoder:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
-    """Load a model from a run directory or a directory holding ``cfg.json`` + ``model.safetensors``."""
+    """Load a model from a run directory, a directory holding ``cfg.json`` + ``model.safetensors``
+    (e.g. a Hub model folder), or a Hugging Face Hub repository ``user/repo`` (downloaded once, cached)."""
+    if isinstance(path, str) and not Path(path).exists():
+        from sparseae.export import load_hub, looks_like_repo_id
+
+        if looks_like_repo_id(path):
+            return load_hub(path, device=device)
     path = Path(path)
     if not (path / CFG_FILE).is_file():
         raise SparseAEError(

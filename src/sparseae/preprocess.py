@@ -87,7 +87,7 @@ class Preprocessing(nn.Module):
             got=len(x),
             fix="Train on more data.",
         )
-        z = x.reshape(len(x), -1).double()
+        z = x.reshape(x.shape[0], -1).double()
         for step in self.steps:
             if step == "standardize":
                 mean, std = z.mean(0), z.std(0)
@@ -125,7 +125,7 @@ class Preprocessing(nn.Module):
         """Raw inputs ``(B, *shape)`` -> preprocessed inputs, same shape."""
         if not self.steps:
             return x
-        z = x.reshape(len(x), -1)
+        z = x.reshape(x.shape[0], -1)
         for step in self.steps:
             z = self._step(step, z)
         return z.reshape(x.shape)
@@ -137,11 +137,11 @@ class Preprocessing(nn.Module):
         """
         if not self.steps:
             return y
-        z = y.reshape(len(y), -1)
+        z = y.reshape(y.shape[0], -1)
         means = {}
         if "center" in self.steps:
             # The per-sample mean removed by 'center', seen at its place in the chain.
-            w = x.reshape(len(x), -1)
+            w = x.reshape(x.shape[0], -1)
             for step in self.steps:
                 if step == "center":
                     means[step] = w.mean(1, keepdim=True)
