@@ -56,6 +56,11 @@ def from_dict(cls: type[C], data: Any, what: str) -> C:
             fix="Remove them; the file may come from a newer sparseae.",
         )
     values = {k: coerce(v, hints[k], f"{what}.{k}") for k, v in data.items()}
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise SparseAEError(what, expected=f"the keys {', '.join(required)}", got=f"no {', '.join(missing)}", fix="Add them.")
     return cls(**values)
 
 
@@ -95,7 +100,7 @@ def coerce(value: Any, hint: Any, what: str) -> Any:
             return value
         raise _type_error(what, hint, value)
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= 1.7e308:
             return float(value)
         raise _type_error(what, hint, value)
     if hint is str:

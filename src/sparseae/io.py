@@ -77,9 +77,9 @@ def read_json(path: str | Path) -> Any:
     except OSError as e:
         got = "a directory" if path.is_dir() else f"an unreadable file ({e.strerror})"
         raise SparseAEError(str(path), expected="a JSON file", got=got, fix="Check the path.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits, too deep
         raise SparseAEError(
-            str(path), expected="valid JSON", got=f"a parse error ({e})", fix="Repair or remove the file."
+            str(path), expected="valid JSON", got=f"a parse error ({str(e)[:200]})", fix="Repair or remove the file."
         ) from None
 
 
@@ -124,9 +124,17 @@ def model_from_cfg(cfg: Any, what: str) -> Autoencoder:
             got=f"format {cfg.get('format') if isinstance(cfg, dict) else type(cfg).__name__}",
             fix="The model was written by an incompatible sparseae version: use that version or retrain.",
         )
-    cls = get_model_class(cfg.get("kind", ""))
+    kind, sparsity = cfg.get("kind", ""), cfg.get("sparsity") or {}
+    if not isinstance(kind, str) or not isinstance(sparsity, dict) or not isinstance(sparsity.get("name", ""), str):
+        raise SparseAEError(
+            what, expected="a model kind and a sparsity {name, params}", got="values of other types", fix="Check the file."
+        )
+    if not isinstance(sparsity.get("params") or {}, dict):
+        raise SparseAEError(
+            f"{what} sparsity params", expected="a JSON object", got=repr(sparsity["params"])[:80], fix="Check the file."
+        )
+    cls = get_model_class(kind)
     config = from_dict(cls.config_class, cfg.get("config"), f"{what} config")
-    sparsity = cfg.get("sparsity") or {}
     preprocess = cfg.get("preprocess", [])
     if not isinstance(preprocess, list) or not all(isinstance(s, str) for s in preprocess):
         raise SparseAEError(f"{what} preprocess", expected="a list of step names", got=repr(preprocess), fix="Check the file.")

@@ -184,7 +184,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             raise SparseAEError(
                 "inverse_transform",
                 expected="a model whose preprocessing can be undone from the codes alone",
-                got=f"preprocess={self.preprocess!r}: 'center' removed each row's own mean, which the codes do not hold",
+                got=f"preprocessing {','.join(self.model_.preprocess.steps)}: 'center' removed each row's own mean",
                 fix="Use score(X) or the reconstruction model_.reconstruct(x), which take the inputs, or fit without 'center'.",
             )
         model = self.model_

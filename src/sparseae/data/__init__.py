@@ -140,7 +140,12 @@ def _rows(labels: Tensor | None, rows: Tensor) -> Tensor | None:
 def _labels(path: Path, labels: Tensor | None) -> Tensor | None:
     if labels is None:
         return None
-    if labels.is_floating_point() and not torch.equal(labels, labels.round()) or (labels < 0).any():
+    labels = labels.double() if labels.is_floating_point() else labels.long()
+    if (
+        labels.is_floating_point()
+        and (not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()) or (labels.abs() >= 2**53).any())
+        or (labels < 0).any()
+    ):
         raise SparseAEError(
             f"{path} labels",
             expected="whole-number class labels >= 0",

@@ -198,7 +198,32 @@ def _pread(path: Path, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
 
 
 def read_arrays(path: Path, *, key: str | None = None, label_column: str | None = None) -> Arrays:
-    """The samples (and labels) in an array file; ``.npy``/``.safetensors`` come back as readers."""
+    """The samples (and labels) in an array file; ``.npy``/``.safetensors`` come back as readers.
+
+    Every problem with the file's contents is a :class:`SparseAEError` naming the file: the
+    specific checks below say what was wrong; anything a parser underneath raises on a
+    damaged file (zip, pickle, JSON, header errors) is reported as such.
+    """
+    try:
+        return _read_arrays(path, key, label_column)
+    except SparseAEError:
+        raise
+    except Exception as e:  # a damaged file: the parsers underneath raise all kinds of errors
+        raise damaged(path, e) from None
+
+
+def damaged(path: Path, error: BaseException) -> SparseAEError:
+    """The error for a file that its parser could not read."""
+    text = " ".join(str(error).split())[:200]
+    return SparseAEError(
+        str(path),
+        expected=f"a readable {path.suffix or 'data'} file",
+        got=f"one its parser rejects ({type(error).__name__}{': ' + text if text else ''})",
+        fix="The file is damaged or not in this format: write it again.",
+    )
+
+
+def _read_arrays(path: Path, key: str | None, label_column: str | None) -> Arrays:
     if not path.is_file():
         raise SparseAEError(
             str(path),
@@ -286,7 +311,9 @@ def _torch_load(path: Path) -> dict[str, Any]:
 
 def _from_dict(path: Path, arrays: dict[str, Any], key: str | None, label_column: str | None) -> Arrays:
     """Pick samples and labels from named arrays (Keras' x_train/x_test/y_train/y_test are understood)."""
-    names = list(arrays)
+    names = [str(k) for k in arrays]
+    if len(names) != len(arrays) or any(not isinstance(k, str) for k in arrays):
+        raise SparseAEError(str(path), expected="arrays named by strings", got=f"keys {names[:5]}", fix="Name them: {'x': x}.")
     if key is None:
         for train, test, ytrain, ytest in (
             ("x_train", "x_test", "y_train", "y_test"),
@@ -341,12 +368,19 @@ def _optional(path: Path, name: str | None, arrays: dict[str, Any]) -> Tensor | 
 
 
 def _tensor(path: Path, name: str, value: Any) -> Tensor:
-    array = value.numpy() if isinstance(value, Tensor) and value.dtype != torch.bfloat16 else value
-    if isinstance(array, Tensor):
-        return array.float()
-    array = np.asarray(array)
+    if isinstance(value, Tensor):
+        value = value.detach()
+        if not (value.is_floating_point() or value.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                             torch.int64)):  # fmt: skip
+            raise SparseAEError(
+                f"{path} array {name!r}", expected="numbers (float, int or bool)", got=f"dtype {value.dtype}", fix="Convert it."
+            )
+        return value.float() if value.is_floating_point() else value.long()
+    array = np.asarray(value)
     _check_dtype(path, array.dtype, name)
-    return torch.from_numpy(np.array(array))
+    if array.dtype.kind == "f":
+        return torch.from_numpy(array.astype(np.float32))  # native byte order, a dtype torch knows (not longdouble)
+    return torch.from_numpy(array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.bool_))
 
 
 def _check_dtype(path: Path, dtype: np.dtype, name: str | None = None) -> None:
@@ -367,6 +401,8 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
             got=f"shape {shape}",
             fix="Reshape it: x.reshape(-1, 1) for one feature, x.reshape(1, -1) for one sample.",
         )
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise SparseAEError(str(path), expected="a shape of whole numbers >= 0", got=f"shape {shape}", fix="The file is damaged.")
     if shape[0] == 0 or math.prod(shape[1:]) == 0:
         raise SparseAEError(
             str(path), expected="at least one sample with at least one value", got=f"shape {shape}", fix="Check the file."
@@ -406,7 +442,7 @@ def _check_labels(path: Path, arrays: Arrays, label_column: str | None, key: str
 
 
 def _read_csv(path: Path, label_column: str | None) -> Arrays:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM is not part of the first cell
         rows = [row for row in csv.reader(f) if row]
     if not rows:
         raise SparseAEError(str(path), expected="rows of numbers", got="an empty file", fix="Write the data again.")
@@ -468,8 +504,12 @@ def _is_number(text: str) -> bool:
 def _column_index(path: Path, header: list[str] | None, name: str, width: int) -> int:
     if header is not None and name in header:
         return header.index(name)
-    if name.lstrip("-").isdigit() and -width <= int(name) < width:
-        return int(name) % width
+    try:
+        number = int(name)
+    except ValueError:
+        number = None
+    if number is not None and -width <= number < width:
+        return number % width
     raise SparseAEError(
         f"{path} --label-column",
         expected=f"a column name ({', '.join(header)})" if header else f"a column number below {width}",

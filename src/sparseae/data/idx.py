@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def parse_idx(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     if len(data) < header:
         raise _truncated(path, f"at least {header} header bytes", len(data))
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n_bytes = math.prod(shape) * dtype.itemsize  # Python ints: no wrap-around for absurd dims
     if len(data) - header < n_bytes:
         raise _truncated(path, f"{n_bytes} data bytes for shape {shape}", len(data) - header)
     if len(data) - header > n_bytes:

@@ -44,6 +44,13 @@ class DenseConfig:
     """Activation of the reconstruction; Ng's MNIST network uses sigmoid."""
 
     def __post_init__(self) -> None:
+        check(
+            len(self.input_shape) >= 1 and all(d >= 1 for d in self.input_shape),
+            "input_shape",
+            expected="one or more positive sizes",
+            got=self.input_shape,
+            fix="It is set from the data.",
+        )
         check(self.n_latents >= 1, "n_latents", expected="an integer >= 1", got=self.n_latents, fix="Use a positive code size.")
         check(self.aux_k >= 0, "aux_k", expected="an integer >= 0", got=self.aux_k, fix="Use 0 to switch AuxK off.")
         check(self.dead_window >= 1, "dead_window", expected="an integer >= 1", got=self.dead_window, fix="Count samples.")
