@@ -20,7 +20,7 @@ train: $(STAMP)
 	$(BIN)/sparseae train --epochs $(EPOCHS) --seed $(SEED)
 
 test: $(STAMP) chromium
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks
 	$(BIN)/python -m pytest
 
 # The browser test drives Debian's chromium through chromedriver. As root with
@@ -33,8 +33,8 @@ chromium:
 	else echo "chromium/chromedriver not found: the browser test will be skipped"; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks examples docs/hooks
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
