@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
@@ -97,7 +97,7 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with safe_open(path, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except (SafetensorError, ValueError, OSError) as e:
+    except Exception as e:  # SafetensorError, OSError, and whatever a damaged header makes torch raise
         raise SparseAEError(
             str(path),
             expected="a valid safetensors file",

@@ -76,6 +76,10 @@ def parse_idx(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
         raise _truncated(path, f"at least {header} header bytes", len(data))
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     n_bytes = math.prod(shape) * dtype.itemsize  # Python ints: no wrap-around for absurd dims
+    if math.prod(shape[1:]) * dtype.itemsize > 2**40:
+        raise SparseAEError(
+            str(path), expected="an IDX sample of a plausible size", got=f"dims {shape}", fix="The header is damaged."
+        )
     if len(data) - header < n_bytes:
         raise _truncated(path, f"{n_bytes} data bytes for shape {shape}", len(data) - header)
     if len(data) - header > n_bytes:

@@ -70,6 +70,17 @@ def load_mnist(path: str | Path | None = None, *, sha256: dict[str, str] | None 
                 got=f"{len(labels)} labels",
                 fix="The image and label files do not belong together: use files from one download.",
             )
+        if images.dtype.kind == "f" and not np.isfinite(images).all() or min(images.shape, default=0) == 0:
+            raise SparseAEError(
+                str(image_file),
+                expected="finite pixel values in images of a non-zero size",
+                got=f"shape {images.shape}" + (", NaN or infinity" if images.size and images.dtype.kind == "f" else ""),
+                fix="The file is damaged.",
+            )
+        if labels.dtype.kind == "f" and not np.isfinite(labels).all() or labels.size and labels.min() < 0:
+            raise SparseAEError(
+                str(label_file), expected="class labels >= 0", got="negative or NaN labels", fix="The file is damaged."
+            )
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, H, W)
         tensors[split] = (x, torch.from_numpy(labels.astype(np.int64)))
     config = DataConfig("mnist" if path is None else str(directory.resolve()))
