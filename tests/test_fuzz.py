@@ -108,8 +108,7 @@ class Bug:
     reason: str
 
 
-KNOWN_BUGS: dict[str, Bug] = {
-}
+KNOWN_BUGS: dict[str, Bug] = {}
 
 
 FIXED_BUGS: dict[str, str] = {
