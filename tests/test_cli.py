@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import sparseae
 from sparseae.cli import main
@@ -107,3 +108,31 @@ def test_real_cli_process_reports_without_traceback(run_dir, tmp_path):
         [sys.executable, "-m", "sparseae.cli", "train", "--out", str(run_dir), "--debug", *SMALL], capture_output=True, text=True
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_export_writes_onnx_saelens_and_hub_from_the_cli(run_dir, tmp_path, capsys):
+    import json
+
+    onnxruntime = pytest.importorskip("onnxruntime")
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "sae.onnx"), "--quiet"]) == 0
+    x = sparseae.load_mnist().test[:5].numpy()
+    session = onnxruntime.InferenceSession(str(tmp_path / "sae.onnx"))
+    codes = session.run(None, {session.get_inputs()[0].name: x})[0]
+    expected = sparseae.load(run_dir).encode(torch.from_numpy(x))
+    np.testing.assert_allclose(codes, expected.detach().numpy(), atol=1e-5)
+
+    assert main(["export", str(run_dir), "--format", "hub", "--out", str(tmp_path / "hub"), "--quiet"]) == 0
+    assert "library_name: sparseae" in (tmp_path / "hub" / "README.md").read_text()
+    assert torch.equal(
+        sparseae.load(tmp_path / "hub").encode(torch.from_numpy(x)), sparseae.load(run_dir).encode(torch.from_numpy(x))
+    )
+
+    # The conv model has no SAELens layout: refused in one line, nothing written.
+    assert main(["export", str(run_dir), "--format", "saelens", "--out", str(tmp_path / "sl")]) == 2
+    assert "expected" in capsys.readouterr().err and not (tmp_path / "sl" / "cfg.json").exists()
+    dense = tmp_path / "dense"
+    argv = ["train", "--model", "dense", "--k", "4", "--n-latents", "32", *SMALL, "--out", str(dense), "--quiet"]
+    assert main(argv) == 0
+    assert main(["export", str(dense), "--format", "saelens", "--out", str(tmp_path / "sl2"), "--hook-name", "h", "--quiet"]) == 0
+    cfg = json.loads((tmp_path / "sl2" / "cfg.json").read_text())
+    assert cfg["d_sae"] == 32 and (tmp_path / "sl2" / "sae_weights.safetensors").is_file()
