@@ -76,7 +76,7 @@ def parse_idx(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
         raise _truncated(path, f"at least {header} header bytes", len(data))
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     n_bytes = math.prod(shape) * dtype.itemsize  # Python ints: no wrap-around for absurd dims
-    if math.prod(shape[1:]) * dtype.itemsize > 2**40:
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > 2**40:  # zero dims too: numpy must still size the array
         raise SparseAEError(
             str(path), expected="an IDX sample of a plausible size", got=f"dims {shape}", fix="The header is damaged."
         )

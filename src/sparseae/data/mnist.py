@@ -77,11 +77,20 @@ def load_mnist(path: str | Path | None = None, *, sha256: dict[str, str] | None 
                 got=f"shape {images.shape}" + (", NaN or infinity" if images.size and images.dtype.kind == "f" else ""),
                 fix="The file is damaged.",
             )
-        if labels.dtype.kind == "f" and not np.isfinite(labels).all() or labels.size and labels.min() < 0:
+        float_labels = labels.dtype.kind == "f"
+        if (
+            float_labels
+            and not (np.isfinite(labels) & (labels == np.round(labels)) & (np.abs(labels) < 2**53)).all()
+            or (labels.size and labels.min() < 0)
+        ):
             raise SparseAEError(
                 str(label_file), expected="class labels >= 0", got="negative or NaN labels", fix="The file is damaged."
             )
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, H, W)
+        if not torch.isfinite(x).all():  # float64 pixels beyond float32's range
+            raise SparseAEError(
+                str(image_file), expected="pixel values within float32's range", got="larger ones", fix="Rescale them."
+            )
         tensors[split] = (x, torch.from_numpy(labels.astype(np.int64)))
     config = DataConfig("mnist" if path is None else str(directory.resolve()))
     return Dataset(name, tensors["train"][0], tensors["test"][0], tensors["train"][1], tensors["test"][1], config)
