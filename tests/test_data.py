@@ -144,3 +144,10 @@ def test_dataset_from_array_holds_out_blocks_and_checks_values():
     nan = "expected finite numbers, got NaN or infinity in 1 row.s., the first at row 17"
     with pytest.raises(sparseae.SparseAEError, match=nan):
         sparseae.Dataset.from_array(bad)
+
+
+def test_uint64_samples_beyond_int64_keep_their_values(tmp_path):
+    # Found by the fuzzer: uint64 went through int64 and wrapped round to negative.
+    np.savez(tmp_path / "u.npz", x=np.array([[2**63], [2**64 - 1]], dtype=np.uint64))
+    data = sparseae.load_data(sparseae.DataConfig(str(tmp_path / "u.npz"), test_fraction=0.5))
+    assert (torch.cat([data.train, data.test]) >= 2**63).all()

@@ -380,6 +380,8 @@ def _tensor(path: Path, name: str, value: Any) -> Tensor:
     _check_dtype(path, array.dtype, name)
     if array.dtype.kind == "f":
         return torch.from_numpy(array.astype(np.float32))  # native byte order, a dtype torch knows (not longdouble)
+    if array.dtype.kind == "u" and array.dtype.itemsize == 8:
+        return torch.from_numpy(array.astype(np.float64))  # uint64 beyond int64 would wrap round to negative
     return torch.from_numpy(array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.bool_))
 
 
