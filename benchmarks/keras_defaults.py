@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import sparseae
+from machine import cpu_name
 
 SETTINGS = {
     "keras (tf padding, keras-adam eps 1e-7)": dict(padding="tf", optimizer="keras-adam", adam_eps=1e-7),
@@ -47,7 +48,7 @@ def main() -> None:
             last = result.metrics[-1]
             print(f"seed {seed} {name}: test mse {last['test_mse']:.5f} dead {last['test_dead_units']}", flush=True)
     machine = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -84,16 +85,6 @@ def _table(results: list[dict], epochs: int, machine: dict) -> str:
             f"| {statistics.mean(m['samples_per_s'] for m in steady):.0f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

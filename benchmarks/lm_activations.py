@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_name
 from sparseae.data.activations import iter_activations
 
 MODULE = "transformer.h.1"
@@ -109,7 +110,7 @@ def main() -> None:
         "context_length": args.context,
         "batch_size": args.batch_size,
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "transformers": __import__("transformers").__version__,
@@ -126,16 +127,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lm_activations.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: summary[k] for k in ("median_tokens_per_s", "speedup_of_early_stop")}, indent=1))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

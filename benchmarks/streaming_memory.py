@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from machine import cpu_name
+
 GIB = 2**30
 BLOCK_ROWS = 16_384
 """Rows generated and written in one go (16 MB at d_in 256)."""
@@ -121,17 +123,6 @@ def _spot_hash(path: Path, spots: int = 64, span: int = 2**20) -> str:
 
 
 # --- one training run, in a child process ------------------------------------------------
-
-
-def _cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (without importing torch into the parent, as keras_defaults would)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _status(pid: int | str = "self") -> dict[str, int]:
@@ -379,7 +370,7 @@ def main() -> None:
                 args.workdir.rmdir()
     first = runs[0]
     machine = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": first["threads"],
         "cpus": os.cpu_count(),
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import sparseae
-from keras_defaults import _cpu_name
+from machine import cpu_name
 
 KS = (10, 25, 50, 100)
 
@@ -49,7 +49,7 @@ def main() -> None:
             fvu[way] = {name: r.metrics[-1]["test_fvu"] for name, r in results.items()}
             print(way, f"{times[way][-1]:.1f}s", flush=True)
     ratio = statistics.median(times["sweep"]) / statistics.median(times["separate"])
-    machine = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     summary = {"machine": machine, "epochs": args.epochs, "ks": KS, "seconds": times, "ratio": ratio, "final_fvu": fvu}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep_ratio.json").write_text(json.dumps(summary, indent=1) + "\n")
