@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import sparseae
-from sparseae import checkpoint, distributed
+from sparseae import checkpoint, distributed, kernels, runtime
 from sparseae._config import from_dict, to_dict
 from sparseae.checkpoint import RunLock
 from sparseae.data import DataConfig, Dataset, Stream, load_data
@@ -84,6 +84,13 @@ class TrainConfig:
     max_bad_steps: int = 10
     """A step whose loss or gradients are not finite is skipped; after this many in a row the
     run stops, naming the step (0 switches the check off, saving a sync per step)."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the forward pass: 'bfloat16' runs the matmuls and convolutions in bfloat16
+    (autocast; about 2x faster on CPUs with AVX-512-BF16 or AMX and on recent GPUs), with
+    float32 weights, optimizer and loss."""
+    kernels: Literal["auto", "reference"] = "auto"
+    """'auto': the fast paths (sparse TopK encoder backward and decoder, fused Adam);
+    'reference': plain PyTorch operations, for checking them."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -167,8 +174,8 @@ class KerasAdam(torch.optim.Adam):
     30x larger than ``eps`` at step 1, equal to it after a few thousand steps.
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, eps: float = 1e-7):
-        super().__init__(params, lr=lr, eps=eps)
+    def __init__(self, params: Any, lr: float = 1e-3, eps: float = 1e-7, fused: bool | None = None):
+        super().__init__(params, lr=lr, eps=eps, fused=fused)
         for group in self.param_groups:
             group["keras_eps"] = eps
 
@@ -182,9 +189,12 @@ class KerasAdam(torch.optim.Adam):
 
 
 def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
+    # Fused Adam updates each parameter in one pass: ~4x faster than foreach for large dictionaries on CPU.
+    devices = {p.device.type for p in model.parameters()}
+    fused = config.kernels == "auto" and devices <= {"cpu", "cuda"} or None
     if config.optimizer == "keras-adam":
-        return KerasAdam(model.parameters(), lr=config.lr, eps=config.adam_eps)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+        return KerasAdam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
 
 
 @torch.no_grad()
@@ -349,7 +359,11 @@ class _Job:
 
     def __init__(self, model: Autoencoder, config: TrainConfig, run_dir: Path | None, device: torch.device):
         self.model, self.config, self.run_dir, self.device = model.to(device).train(), config, run_dir, device
+        model.kernels = config.kernels
+        if config.kernels == "auto" and device.type == "cpu":
+            runtime.keep_freed_memory()
         self.optimizer = make_optimizer(model, config)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
         # Under torchrun, DistributedDataParallel averages the gradients across ranks during
         # backward; buffers (e.g. AuxK's counts) are kept equal by reductions in the model.
         self.forward: Any = model
@@ -375,8 +389,9 @@ class _Job:
         model, optimizer = self.model, self.optimizer
         if len(x) == 0:  # a distributed epoch's tail, too short to share: skipped on every rank
             return torch.full((), torch.nan), x.new_zeros((0, model.n_latents))
-        out = self.forward(x)
-        recon = reconstruction_loss(self.config.loss, out.recon, out.target)
+        with self.autocast:
+            out = self.forward(x)
+        recon = reconstruction_loss(self.config.loss, out.recon.float(), out.target)
         loss = recon + out.penalty + out.aux
         optimizer.zero_grad(set_to_none=True)
         if distributed.active():
@@ -398,7 +413,7 @@ class _Job:
         model.after_step()
         self.sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
         self.seen += len(x)
-        self.fired |= (out.code != 0).any(0)
+        self.fired |= kernels.fired(out.code)
         self.busy += time.perf_counter() - start
         return loss, out.code
 
@@ -440,7 +455,7 @@ class _Job:
     def postfix(self, loss: Tensor, code: Tensor) -> dict[str, Any]:
         dead = int((~self.fired).sum())
         self.fired.zero_()
-        return {"loss": f"{loss.item():.4g}", "L0": f"{(code != 0).sum(1).float().mean().item():.1f}", "dead": dead}
+        return {"loss": f"{loss.item():.4g}", "L0": f"{kernels.active_per_row(code).mean().item():.1f}", "dead": dead}
 
     def end_epoch(self, epoch: int, step: int, n_epochs: int, elapsed: float, data: Dataset, progress: bool) -> None:
         model = self.model
@@ -516,6 +531,10 @@ class _Job:
                 _, index, name = key.split(".", 2)
                 state.setdefault(int(index), {})[name] = value if name == "step" else value.to(self.device)
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        for param, saved in self.optimizer.state.items():
+            for name, value in saved.items():  # the memory format of the parameter (channels-last): fused Adam needs it
+                if value.shape == param.shape and value.stride() != param.stride():
+                    saved[name] = torch.empty_like(param).copy_(value)
         torch.set_rng_state(tensors["rng.cpu"])
         self.resume_state = {k[6:]: v for k, v in tensors.items() if k.startswith("epoch.")}
         return meta["epoch"], meta.get("batch", 0), meta["step"]

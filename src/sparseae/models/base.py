@@ -49,6 +49,9 @@ class Autoencoder(nn.Module):
     config_class: type
     input_fields: tuple[str, ...] = ()
     """Config fields that the data decides (e.g. the image size); not user settings."""
+    kernels: str = "auto"
+    """'auto': use faster kernels where a model has them (the dense model's sparse TopK path);
+    'reference': plain PyTorch operations everywhere. The trainer sets it from ``TrainConfig.kernels``."""
 
     def __init__(self, config: Any, sparsity: Sparsity, preprocess: str | tuple[str, ...] | None = None):
         super().__init__()

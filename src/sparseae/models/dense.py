@@ -9,10 +9,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from sparseae import distributed
+from sparseae import distributed, kernels
 from sparseae.errors import check
-from sparseae.models.base import Autoencoder, register_model
+from sparseae.models.base import Autoencoder, ModelOutput, register_model
 from sparseae.sparsity import Sparsity
+from sparseae.sparsity.topk import TopK
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ class DenseAutoencoder(Autoencoder):
         c = config
         d, n = c.d_in, c.n_latents
         self.encoder = nn.Linear(d, n)
-        self.W_dec = nn.Parameter(torch.empty(d, n))
+        # (d, n), stored latent-major (W_dec.T is contiguous): each atom is one run of memory, as the
+        # sparse decoder reads it, and the unit-norm steps reduce along it.
+        self.W_dec = nn.Parameter(torch.empty(n, d).T)
         self.b_pre = nn.Parameter(torch.zeros(d))  # pre-encoder bias, or the decoder's bias when pre_bias="none"
         self.output = _OUTPUT[c.output_activation]()
         self.register_buffer("samples_since_fired", torch.zeros(n, dtype=torch.long))
@@ -112,35 +115,76 @@ class DenseAutoencoder(Autoencoder):
         out = self.output(code @ self.W_dec.T + self.b_pre)  # (B, d_in)
         return out.view(-1, *self.config.input_shape)
 
+    def forward(self, x: Tensor) -> ModelOutput:
+        if not self.uses_kernels():
+            return super().forward(x)
+        # TopK through the sparse kernels: the same function as the dense path (tests/test_kernels.py).
+        c, k = self.config, self.sparsity.active()
+        x = self.preprocess(x)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else torch.float32
+        dead = self._dead() if self.training and c.aux_k else None
+        aux = dead.nonzero().squeeze(1) if dead is not None and dead.any() else None
+        code, aux_code = kernels.topk_encode(
+            x.flatten(1), self.encoder.weight, self.encoder.bias, k, self._centre(), dtype, aux=aux, aux_k=c.aux_k
+        )
+        recon = self.output(kernels.sparse_decode(code, self.W_dec) + self.b_pre).view(-1, *c.input_shape)
+        loss = self._weight_decay(recon)
+        if self.training:
+            dense = kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
+            self._count_firing(kernels.fired(dense), len(x))
+            if aux is not None:
+                loss = loss + self._auxk_loss(kernels.sparse_decode(aux_code, self.W_dec), x, recon)
+        else:
+            dense = kernels.densify(code, c.n_latents)
+        return ModelOutput(recon, dense, recon.new_zeros(()), loss, x)
+
+    def uses_kernels(self) -> bool:
+        """Whether :meth:`forward` runs the sparse TopK kernels (:mod:`sparseae.kernels`): a TopK code and ``kernels="auto"``."""
+        return self.kernels == "auto" and type(self.sparsity) is TopK
+
     def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
         c = self.config
-        loss = recon.new_zeros(())
-        if c.weight_decay:
-            loss = loss + 0.5 * c.weight_decay * (self.encoder.weight.square().sum() + self.W_dec.square().sum())
+        loss = self._weight_decay(recon)
         if not self.training:
             return loss
-        with torch.no_grad():
-            # Counted over the global batch when distributed, so every rank agrees on which latents are dead.
-            fired = distributed.all_max((code != 0).any(0).to(torch.uint8)).bool()
-            self.samples_since_fired += distributed.batch_total(len(code), code.device)
-            self.samples_since_fired[fired] = 0
-        dead = self.samples_since_fired >= c.dead_window  # (n_latents,)
+        dead = self._dead()
+        self._count_firing(kernels.fired(code), len(code))
         if c.aux_k and dead.any():
             k = min(c.aux_k, int(dead.sum()))
             values, indices = pre.masked_fill(~dead, -torch.inf).topk(k, dim=-1, sorted=False)  # (B, k)
             aux_code = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
-            residual = (x - recon).flatten(1).detach()  # what the live latents miss
-            aux_recon = aux_code @ self.W_dec.T  # (B, d_in)
-            if distributed.active():
-                # The residual's spread over the global batch; the loss is weighted per rank
-                # like a mean (by the trainer), hence the n / len(x) share here.
-                n = distributed.batch_total(len(residual), residual.device)
-                mean = distributed.all_sum(residual.sum(0)) / n
-                scale = distributed.all_sum((residual - mean).square().sum()).clamp(min=1e-12) * len(residual) / n
-            else:
-                scale = (residual - residual.mean(0)).square().sum().clamp(min=1e-12)
-            loss = loss + c.aux_coef * (aux_recon - residual).square().sum() / scale
+            loss = loss + self._auxk_loss(aux_code @ self.W_dec.T, x, recon)
         return loss
+
+    def _weight_decay(self, recon: Tensor) -> Tensor:
+        c = self.config
+        if not c.weight_decay:
+            return recon.new_zeros(())
+        return 0.5 * c.weight_decay * (self.encoder.weight.square().sum() + self.W_dec.square().sum())
+
+    def _dead(self) -> Tensor:
+        """Latents that have not fired in the last ``dead_window`` training samples before this batch, ``(n,)`` bool."""
+        return self.samples_since_fired >= self.config.dead_window
+
+    @torch.no_grad()
+    def _count_firing(self, fired: Tensor, rows: int) -> None:
+        # Counted over the global batch when distributed, so every rank agrees on which latents are dead.
+        fired = distributed.all_max(fired.to(torch.uint8)).bool()
+        self.samples_since_fired += distributed.batch_total(rows, fired.device)
+        self.samples_since_fired[fired] = 0
+
+    def _auxk_loss(self, aux_recon: Tensor, x: Tensor, recon: Tensor) -> Tensor:
+        """AuxK: the dead latents' reconstruction of what the live ones miss, relative to its variance."""
+        residual = (x - recon).flatten(1).detach()
+        if distributed.active():
+            # The residual's spread over the global batch; the loss is weighted per rank
+            # like a mean (by the trainer), hence the n / len(x) share here.
+            n = distributed.batch_total(len(residual), residual.device)
+            mean = distributed.all_sum(residual.sum(0)) / n
+            scale = distributed.all_sum((residual - mean).square().sum()).clamp(min=1e-12) * len(residual) / n
+        else:
+            scale = (residual - residual.mean(0)).square().sum().clamp(min=1e-12)
+        return self.config.aux_coef * (aux_recon.float() - residual).square().sum() / scale
 
     @torch.no_grad()
     def prepare(self, x: Tensor) -> None:

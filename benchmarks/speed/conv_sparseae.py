@@ -1,0 +1,62 @@
+"""Speed worker: the Keras blog's conv MNIST autoencoder in sparseae, trained by `sparseae.train`.
+
+What `sparseae train` runs: `mnist_conv(seed)` (L1 1e-4 on the code), batch 128,
+Adam 1e-3 as Keras computes it, data in memory as one tensor shuffled there, and
+the config's "precision" ("float32" or "bfloat16") and "kernels" ("auto" or
+"reference"). Epoch time is the trainer's own record (the training pass, without
+the evaluation); test MSE is over every pixel of the 10,000 test digits.
+
+    .venv/bin/python benchmarks/speed/conv_sparseae.py --config '{"epochs": 1, "train_limit": 6000}' --out /tmp/s.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+from pathlib import Path
+
+import torch
+
+import sparseae
+from sparseae.data import Dataset
+
+DEFAULTS = {"epochs": 3, "seed": 0, "threads": 2, "batch_size": 128, "lr": 1e-3, "l1": 1e-4, "mnist": None,
+            "precision": "float32", "kernels": "auto", "train_limit": None}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="JSON object, see DEFAULTS")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    cfg = {**DEFAULTS, **json.loads(args.config)}
+    torch.set_num_threads(int(cfg["threads"]))
+    data = sparseae.load_mnist()
+    if cfg["train_limit"]:
+        data = Dataset(data.name, data.train[: int(cfg["train_limit"])], data.test)
+    model = sparseae.mnist_conv(float(cfg["l1"]), seed=int(cfg["seed"]))
+    config = sparseae.TrainConfig(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
+                                  seed=int(cfg["seed"]), precision=cfg["precision"], kernels=cfg["kernels"])  # fmt: skip
+    result = sparseae.train(model, data, config, progress=False)
+    epochs = [{"epoch": r["epoch"], "epoch_time_s": r["epoch_time_s"], "samples_per_s": r["samples_per_s"],
+               "test_mse": r["test_mse"], "test_l0": r["test_l0"], "test_dead_units": r["test_dead_units"]}
+              for r in result.metrics]  # fmt: skip
+    steady = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
+    out = {
+        "contender": "sparseae",
+        "version": sparseae.__version__,
+        "epochs": epochs,
+        "steady_samples_per_s": statistics.median(steady),
+        "test_mse": epochs[-1]["test_mse"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "train_samples": len(data.train),
+        "notes": f"sparseae.train, precision {cfg['precision']}, kernels {cfg['kernels']}, torch {torch.__version__}",
+    }
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

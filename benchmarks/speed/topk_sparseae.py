@@ -1,0 +1,68 @@
+"""Speed worker: sparseae's dense TopK SAE, trained by the step `sparseae.train` runs for every batch.
+
+The model is what `sparseae train --model dense --sparsity topk` builds (pre-encoder
+bias at the geometric median, tied initialisation, unit-norm decoder with the
+parallel gradient removed, AuxK with k_aux = d_in / 2 as sparsify and SAELens
+use), trained with Adam (torch's, eps 1e-8, as the peers) at a constant rate. Each
+step is the trainer's own (`_Job.step`: autocast, loss, backward, the non-finite
+check, gradient projection, fused Adam, renormalisation). The geometric median is
+fitted on the first batch before the clock starts (the trainer does it once
+before the first step). Config keys beyond the common ones: "kernels" ("auto" or
+"reference": the plain dense path, for comparison).
+
+    .venv/bin/python benchmarks/speed/topk_sparseae.py \
+        --config '{"train": "train.npy", "test": "test.npy", "steps": 40, "warmup": 3}' --out sparseae.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+from topk_common import Config, Worker, batch, run
+
+import sparseae
+from sparseae.models import DenseAutoencoder, DenseConfig
+from sparseae.sparsity import build_sparsity
+from sparseae.training import TrainConfig, _Job
+
+KERNELS = "auto"
+
+
+def build(cfg: Config) -> Worker:
+    window = ((cfg.dead_window_steps or 0) + 1) * cfg.batch_size if cfg.dead_window_steps is not None else 10_000_000
+    model = DenseAutoencoder(
+        DenseConfig(input_shape=(cfg.d_in,), n_latents=cfg.n_latents, aux_k=cfg.d_in // 2, aux_coef=cfg.aux_k_coef,
+                    dead_window=window),
+        build_sparsity("topk", k=cfg.k),
+    )  # fmt: skip
+    train = TrainConfig(lr=cfg.lr, optimizer="adam", adam_eps=1e-8, precision=cfg.precision, kernels=KERNELS)
+    model.initialise(batch(np.load(cfg.train, mmap_mode="r"), 0, cfg.batch_size))
+    job = _Job(model, train, None, torch.device("cpu"))
+    job.begin_epoch()
+    steps = iter(range(1, cfg.steps + 1))
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        job.step(x, next(steps))
+        return job.sums[3].detach().clone()  # the running AuxK sum: non-zero once AuxK has been active
+
+    @torch.no_grad()
+    def encode_decode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        out = model(x)
+        return out.recon, out.code
+
+    notes = (f"sparseae._Job.step (the trainer's step), kernels={KERNELS}, precision={cfg.precision}; "
+             f"DenseAutoencoder aux_k={cfg.d_in // 2}, dead after {window} rows without firing")  # fmt: skip
+    return Worker(step, encode_decode, notes)
+
+
+if __name__ == "__main__":
+    raw = next((sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--config"), "{}")
+    extra = json.loads(raw)
+    KERNELS = extra.pop("kernels", KERNELS)
+    if "--config" in sys.argv:
+        sys.argv[sys.argv.index("--config") + 1] = json.dumps(extra)
+    run("sparseae", sparseae.__version__, build)

@@ -1,0 +1,199 @@
+"""Sparse kernels for TopK codes: only the k selected latents of each row are touched after the encoder's matmul.
+
+A dense TopK autoencoder spends three matmuls of ``B x d x n`` per step: the
+encoder's forward, its weight gradient, and the decoder (forward and backward
+again). With k of n latents active, only the first is needed in full:
+
+- :func:`topk_encode` computes the pre-activations in blocks of rows, keeps each
+  block's top k while it is still in cache (the full ``(B, n)`` matrix is never
+  stored), and its backward scatters the k gradients per row into the weight
+  gradient (``k / n`` of the dense cost);
+- :func:`sparse_decode` sums the k selected decoder columns per row
+  (``embedding_bag``), and its backward takes the k dot products per row that
+  the code's gradient needs (a sampled matmul) and scatters the rows of the
+  output gradient into the decoder's weight gradient.
+
+The encoder's matmul runs in ``dtype`` (bfloat16 halves it on CPUs with
+AVX-512-BF16 or AMX, and on GPUs); everything after it, and every gradient, is
+float32.
+``tests/test_kernels.py`` checks both against the dense reference.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The CSR matrices here are built from valid TopK indices; torch would warn once that CSR is in beta.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+BLOCK_ROWS = 512
+"""Rows of pre-activations computed at a time: 512 x 16,384 float32 is 32 MiB, about an L3 cache."""
+
+
+class SparseCode(NamedTuple):
+    """The k largest latents of each row: ``values`` (ReLU'd) and their ``indices``, both ``(B, k)``, indices ascending."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def _csr(indices: Tensor, values: Tensor, n: int) -> Tensor:
+    """A ``(B, n)`` CSR matrix with ``values[r, j]`` at column ``indices[r, j]`` (ascending in each row)."""
+    rows, k = indices.shape
+    crow = torch.arange(0, rows * k + 1, k, device=indices.device)
+    return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), (rows, n), check_invariants=False)
+
+
+def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+    """``out[j] = sum of weights[r, i] * rows[r]`` over the ``(r, i)`` with ``indices[r, i] = j``: ``(n, rows.shape[1])``.
+
+    The weight gradient of a layer whose output is sparse: the dense ``G.T @ rows``
+    with ``G`` zero outside ``indices``.
+    """
+    return _csr(indices, weights.to(rows.dtype), n).t() @ rows
+
+
+def gather_dots(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
+    """``out[r, i] = rows[r] . table[:, indices[r, i]]``, ``(B, k)``: the entries of ``rows @ table`` at ``indices``."""
+    mask = _csr(indices, torch.ones(indices.shape, dtype=rows.dtype, device=rows.device), table.shape[1])
+    return torch.sparse.sampled_addmm(mask, rows, table.to(rows.dtype), beta=0.0).values().view(indices.shape)
+
+
+def _sorted(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    indices, order = indices.sort(dim=-1)
+    return values.gather(-1, order), indices
+
+
+class _TopKEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        center: Tensor,
+        k: int,
+        aux: Tensor | None,
+        aux_k: int,
+        dtype: torch.dtype,
+        block: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        xc = x - center  # (B, d)
+        w, b = weight.to(dtype), bias.to(dtype)
+        rows = len(x)
+        aux_k = min(aux_k, len(aux)) if aux is not None else 0
+        values = torch.empty(rows, k + aux_k, dtype=torch.float32, device=x.device)
+        indices = torch.empty(rows, k + aux_k, dtype=torch.long, device=x.device)
+        buffer = torch.empty(min(block, rows), len(weight), dtype=dtype, device=x.device)  # reused: no fresh pages per block
+        with torch.autocast(x.device.type, enabled=False):
+            for i in range(0, rows, block):
+                pre = buffer[: min(block, rows - i)]
+                torch.addmm(b, xc[i : i + block].to(dtype), w.T, out=pre)  # (block, n): stays in cache
+                v, j = pre.topk(k, dim=-1, sorted=False)
+                values[i : i + block, :k], indices[i : i + block, :k] = v, j
+                if aux_k:
+                    v, j = pre.index_select(1, aux).topk(aux_k, dim=-1, sorted=False)
+                    values[i : i + block, k:], indices[i : i + block, k:] = v, aux[j]
+        values.relu_()
+        code, extra = _sorted(values[:, :k], indices[:, :k]), _sorted(values[:, k:], indices[:, k:])
+        ctx.save_for_backward(xc, weight, *code, *extra)
+        ctx.mark_non_differentiable(code[1], extra[1])
+        return (*code, *extra)
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: Tensor, _: Tensor, grad_aux: Tensor, __: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        xc, weight, values, indices, aux_values, aux_indices = ctx.saved_tensors
+        n = weight.shape[0]
+        if aux_indices.shape[1]:
+            values, indices = torch.cat([values, aux_values], 1), torch.cat([indices, aux_indices], 1)
+            grad_values = torch.cat([grad_values, grad_aux], 1)
+        g = grad_values.float() * (values > 0)  # the ReLU's gradient
+        grad_bias = torch.zeros(n, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))  # column sums of G
+        grad_weight = scatter_rows(indices, g, xc.float(), n) if ctx.needs_input_grad[1] else None
+        grad_x = F.embedding_bag(indices, weight, per_sample_weights=g, mode="sum") if ctx.needs_input_grad[0] else None
+        grad_center = -(grad_bias @ weight) if ctx.needs_input_grad[3] else None  # the rows' G @ weight, summed
+        return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None, grad_center, *(None,) * 5
+
+
+def topk_encode(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    k: int,
+    center: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    aux: Tensor | None = None,
+    aux_k: int = 0,
+    block: int = BLOCK_ROWS,
+) -> tuple[SparseCode, SparseCode]:
+    """``relu(topk((x - center) @ weight.T + bias, k))`` without storing the pre-activations.
+
+    ``weight`` is the encoder's ``(n, d)``; ``dtype`` the matmul's precision. The
+    ReLU zeroes negative values among the k (their gradient is zero, as in the
+    dense reference). With ``aux`` (indices of latents, e.g. the dead ones) the
+    second code holds each row's ``aux_k`` largest pre-activations among them
+    (AuxK); otherwise it is empty.
+    """
+    center = x.new_zeros(()) if center is None else center
+    values, indices, aux_values, aux_indices = _TopKEncode.apply(x, weight, bias, center, k, aux, aux_k, dtype, block)
+    return SparseCode(values, indices), SparseCode(aux_values, aux_indices)
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, indices: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        table = weight.T.contiguous()  # (n, d): row j is latent j's atom (free when stored latent-major)
+        with torch.autocast(values.device.type, enabled=False):
+            out = F.embedding_bag(indices, table, per_sample_weights=values.to(table.dtype), mode="sum")
+        ctx.save_for_backward(values, indices, table)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, indices, table = ctx.saved_tensors
+        grad_out = grad_out.to(table.dtype).contiguous()
+        grad_values = gather_dots(indices, grad_out, table.T) if ctx.needs_input_grad[0] else None
+        # (n, d) transposed: the layout of a latent-major weight, so autograd accumulates it without a copy.
+        grad_weight = scatter_rows(indices, values, grad_out, table.shape[0]).T if ctx.needs_input_grad[2] else None
+        return grad_values, None, grad_weight
+
+
+def sparse_decode(code: SparseCode, weight: Tensor) -> Tensor:
+    """``dense(code) @ weight.T`` for a decoder ``weight`` of shape ``(d, n)``, touching only the selected columns.
+
+    Fastest when ``weight`` is stored latent-major (``weight.T`` contiguous, as the
+    dense model keeps its decoder). Runs in the weight's precision (float32 under
+    bfloat16 autocast: with k of n columns it costs little).
+    """
+    return _SparseDecode.apply(code.values, code.indices, weight)
+
+
+def to_csr(code: SparseCode, n: int) -> Tensor:
+    """The ``(B, n)`` code as a CSR matrix (no gradient)."""
+    return _csr(code.indices, code.values.detach(), n)
+
+
+def densify(code: SparseCode, n: int) -> Tensor:
+    """The ``(B, n)`` dense code."""
+    return code.values.new_zeros(len(code.values), n).scatter_(-1, code.indices, code.values)
+
+
+def fired(code: Tensor) -> Tensor:
+    """Which latents are non-zero in some row of ``code`` (dense or CSR), ``(n,)`` bool."""
+    if code.layout == torch.sparse_csr:
+        out = torch.zeros(code.shape[1], dtype=torch.bool, device=code.device)
+        return out.index_fill_(0, code.col_indices()[code.values() != 0], True)
+    return (code != 0).any(0)
+
+
+def active_per_row(code: Tensor) -> Tensor:
+    """Non-zeros per row of ``code`` (dense or CSR), ``(B,)`` float."""
+    if code.layout == torch.sparse_csr:
+        return (code.values() != 0).view(code.shape[0], -1).sum(1).float()
+    return (code != 0).sum(1).float()
