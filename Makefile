@@ -9,7 +9,7 @@ EPOCHS ?= 3
 # Seed 1 is a typical seed; seed 0 loses 27-28 of 32 code units in Keras and here alike (README, Measured).
 SEED   ?= 1
 
-.PHONY: train test lint clean chromium
+.PHONY: train test lint clean chromium bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ chromium:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "chromium/chromedriver not found: the browser test will be skipped"; fi
+
+# The speed suite: sparseae against Keras, plain PyTorch, sparsify and SAELens, each in its own
+# environment (installed by the suite), contenders alternated; about 40 minutes on 2 cores.
+# Writes benchmarks/results/speed.{json,md}. Run it on an otherwise idle machine.
+bench:
+	$(PYTHON) benchmarks/speed/suite.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples docs/hooks

@@ -53,9 +53,17 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tens
     """``out[j] = sum of weights[r, i] * rows[r]`` over the ``(r, i)`` with ``indices[r, i] = j``: ``(n, rows.shape[1])``.
 
     The weight gradient of a layer whose output is sparse: the dense ``G.T @ rows``
-    with ``G`` zero outside ``indices``.
+    with ``G`` zero outside ``indices``, as a CSR matrix ordered by latent (sorting
+    the ``B * k`` entries is cheaper than the transposed product).
     """
-    return _csr(indices, weights.to(rows.dtype), n).t() @ rows
+    flat = indices.reshape(-1)
+    order = flat.argsort(stable=True)
+    crow = torch.zeros(n + 1, dtype=torch.long, device=flat.device)
+    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
+    by_latent = torch.sparse_csr_tensor(
+        crow, order // indices.shape[1], weights.reshape(-1)[order].to(rows.dtype), (n, len(rows)), check_invariants=False
+    )
+    return by_latent @ rows
 
 
 def gather_dots(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:

@@ -188,6 +188,37 @@ class KerasAdam(torch.optim.Adam):
         return super().step(closure)
 
 
+class _Transposed:
+    """Steps parameters stored transposed (the dense model's latent-major decoder) through their contiguous transpose.
+
+    Fused Adam is ~5x slower on a transposed tensor than on a contiguous one; the
+    update is elementwise, so stepping ``p.T`` (with its gradient and moments
+    transposed alike) is the same update. Outside :meth:`step` every tensor has
+    its parameter's own shape, so checkpoints are unchanged.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.params = [p for g in optimizer.param_groups for p in g["params"] if p.dim() == 2 and p.mT.is_contiguous()
+                       and not p.is_contiguous()]  # fmt: skip
+        self.state = optimizer.state
+
+    def __enter__(self) -> None:
+        self._flip()
+
+    def __exit__(self, *exc: object) -> None:
+        self._flip()
+
+    def _flip(self) -> None:
+        for p in self.params:
+            grad, p.grad = p.grad, None
+            p.data = p.data.mT
+            p.grad = None if grad is None else grad.mT
+            state = self.state.get(p, {})
+            for name, value in state.items():
+                if isinstance(value, Tensor) and value.dim() == 2:
+                    state[name] = value.mT
+
+
 def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
     # Fused Adam updates each parameter in one pass: ~4x faster than foreach for large dictionaries on CPU.
     devices = {p.device.type for p in model.parameters()}
@@ -363,6 +394,7 @@ class _Job:
         if config.kernels == "auto" and device.type == "cpu":
             runtime.keep_freed_memory()
         self.optimizer = make_optimizer(model, config)
+        self.transposed = _Transposed(self.optimizer) if config.kernels == "auto" else contextlib.nullcontext()
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
         # Under torchrun, DistributedDataParallel averages the gradients across ranks during
         # backward; buffers (e.g. AuxK's counts) are kept equal by reductions in the model.
@@ -409,7 +441,8 @@ class _Job:
             return loss, out.code
         self.bad_in_row = 0
         model.before_step()
-        optimizer.step()
+        with self.transposed:
+            optimizer.step()
         model.after_step()
         self.sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
         self.seen += len(x)

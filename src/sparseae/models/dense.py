@@ -116,7 +116,8 @@ class DenseAutoencoder(Autoencoder):
         return out.view(-1, *self.config.input_shape)
 
     def forward(self, x: Tensor) -> ModelOutput:
-        if not self.uses_kernels():
+        # The sparse CSR operations run on CPU and CUDA; the kernels compute in float32 (or bfloat16).
+        if not self.uses_kernels() or x.device.type not in ("cpu", "cuda") or self.W_dec.dtype != torch.float32:
             return super().forward(x)
         # TopK through the sparse kernels: the same function as the dense path (tests/test_kernels.py).
         c, k = self.config, self.sparsity.active()
