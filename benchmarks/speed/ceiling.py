@@ -12,12 +12,11 @@ the end of a run:
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from protocol import read_config, write_result
 
 DEFAULTS = {"threads": 2, "repeats": 5, "shapes": [[4096, 768, 16384], [2048, 2048, 2048]]}
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
@@ -54,11 +53,7 @@ def best_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="JSON object, see DEFAULTS")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    cfg = {**DEFAULTS, **json.loads(args.config)}
+    cfg, out = read_config(__doc__.splitlines()[0], DEFAULTS)
     torch.set_num_threads(int(cfg["threads"]))
     shapes = {}
     for m, k, n in cfg["shapes"]:
@@ -78,7 +73,7 @@ def main() -> None:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "repeats": int(cfg["repeats"]),
     }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ environment (``requirements-keras.txt``); ``suite.py`` starts it:
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
-import resource
-import statistics
 import time
 from pathlib import Path
+
+from protocol import conv_result, read_config, write_result
 
 DEFAULTS = {"epochs": 3, "seed": 0, "threads": 2, "batch_size": 128, "lr": 1e-3, "l1": 1e-4, "mnist": None}
 
@@ -33,11 +32,7 @@ def load_reference():  # noqa: ANN201 - a module
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="JSON object, see DEFAULTS")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    cfg = {**DEFAULTS, **json.loads(args.config)}
+    cfg, out = read_config(__doc__.splitlines()[0], DEFAULTS)
     threads = int(cfg["threads"])
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -74,20 +69,12 @@ def main() -> None:
             "test_dead_units": int((active.sum(0) == 0).sum()),
         })  # fmt: skip
         print(json.dumps(epochs[-1]), flush=True)
-    steady = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
-    result = {
-        "contender": "keras",
-        "version": f"keras {keras.__version__}, tensorflow {tf.__version__}",
-        "epochs": epochs,
-        "steady_samples_per_s": statistics.median(steady),
-        "test_mse": epochs[-1]["test_mse"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": threads,
-        "train_samples": len(x_train),
-        "notes": "benchmarks/keras_reference.py's build(); model.fit per epoch on in-memory NHWC arrays; "
-        f"TF intra/inter-op threads {threads}/{threads}; keras {keras.backend.backend()} backend",
-    }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    version = f"keras {keras.__version__}, tensorflow {tf.__version__}"
+    notes = (
+        "benchmarks/keras_reference.py's build(); model.fit per epoch on in-memory NHWC arrays; "
+        f"TF intra/inter-op threads {threads}/{threads}; keras {keras.backend.backend()} backend"
+    )
+    write_result(out, conv_result("keras", version, epochs, threads, len(x_train), notes))
 
 
 if __name__ == "__main__":

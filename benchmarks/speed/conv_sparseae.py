@@ -11,13 +11,8 @@ the evaluation); test MSE is over every pixel of the 10,000 test digits.
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import statistics
-from pathlib import Path
-
 import torch
+from protocol import conv_result, read_config, write_result
 
 import sparseae
 from sparseae.data import Dataset
@@ -27,11 +22,7 @@ DEFAULTS = {"epochs": 3, "seed": 0, "threads": 2, "batch_size": 128, "lr": 1e-3,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="JSON object, see DEFAULTS")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    cfg = {**DEFAULTS, **json.loads(args.config)}
+    cfg, out = read_config(__doc__.splitlines()[0], DEFAULTS)
     torch.set_num_threads(int(cfg["threads"]))
     data = sparseae.load_mnist()
     if cfg["train_limit"]:
@@ -43,19 +34,8 @@ def main() -> None:
     epochs = [{"epoch": r["epoch"], "epoch_time_s": r["epoch_time_s"], "samples_per_s": r["samples_per_s"],
                "test_mse": r["test_mse"], "test_l0": r["test_l0"], "test_dead_units": r["test_dead_units"]}
               for r in result.metrics]  # fmt: skip
-    steady = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
-    out = {
-        "contender": "sparseae",
-        "version": sparseae.__version__,
-        "epochs": epochs,
-        "steady_samples_per_s": statistics.median(steady),
-        "test_mse": epochs[-1]["test_mse"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": torch.get_num_threads(),
-        "train_samples": len(data.train),
-        "notes": f"sparseae.train, precision {cfg['precision']}, kernels {cfg['kernels']}, torch {torch.__version__}",
-    }
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    notes = f"sparseae.train, precision {cfg['precision']}, kernels {cfg['kernels']}, torch {torch.__version__}"
+    write_result(out, conv_result("sparseae", sparseae.__version__, epochs, torch.get_num_threads(), len(data.train), notes))
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ numpy (``requirements-torch.txt``); ``suite.py`` starts it:
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
-import resource
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from protocol import conv_result, read_config, write_result
 from torch import nn
 
 MNIST = Path(__file__).resolve().parents[2] / "src" / "sparseae" / "data" / "mnist_files"
@@ -69,11 +67,7 @@ def evaluate(encoder: nn.Module, decoder: nn.Module, x_test: torch.Tensor) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="JSON object, see DEFAULTS")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    cfg = {**DEFAULTS, **json.loads(args.config)}
+    cfg, out = read_config(__doc__.splitlines()[0], DEFAULTS)
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(int(cfg["seed"]))
     folder = Path(cfg["mnist"] or MNIST)
@@ -99,20 +93,11 @@ def main() -> None:
         epochs.append({"epoch": epoch, "epoch_time_s": elapsed, "samples_per_s": len(x_train) / elapsed})
         epochs[-1].update(evaluate(encoder, decoder, x_test))
         print(json.dumps(epochs[-1]), flush=True)
-    steady = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
-    result = {
-        "contender": "pytorch",
-        "version": f"torch {torch.__version__}",
-        "epochs": epochs,
-        "steady_samples_per_s": statistics.median(steady),
-        "test_mse": epochs[-1]["test_mse"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": torch.get_num_threads(),
-        "train_samples": len(x_train),
-        "notes": "plain PyTorch: nn.Sequential, NCHW, eager, default init, DataLoader(TensorDataset, shuffle=True), "
-        "torch.optim.Adam defaults",
-    }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    notes = (
+        "plain PyTorch: nn.Sequential, NCHW, eager, default init, DataLoader(TensorDataset, shuffle=True), "
+        "torch.optim.Adam defaults"
+    )
+    write_result(out, conv_result("pytorch", f"torch {torch.__version__}", epochs, torch.get_num_threads(), len(x_train), notes))
 
 
 if __name__ == "__main__":
