@@ -90,7 +90,7 @@ def test_two_processes_train_the_model_one_process_trains(structured, tmp_path, 
         assert a["test_fvu"] == pytest.approx(b["test_fvu"], rel=1e-4, abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     if case == "topk+auxk":
-        assert one[0]["train_aux"] > 0  # AuxK was at work, so its reduced counts and scale were tested
+        assert max(r["train_aux"] for r in one) > 0  # AuxK was at work, so its reduced counts and scale were tested
 
 
 @pytest.mark.slow
