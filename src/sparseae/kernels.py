@@ -1,8 +1,8 @@
 """Sparse kernels for TopK codes: only the k selected latents of each row are touched after the encoder's matmul.
 
-A dense TopK autoencoder spends three matmuls of ``B x d x n`` per step: the
-encoder's forward, its weight gradient, and the decoder (forward and backward
-again). With k of n latents active, only the first is needed in full:
+A dense TopK autoencoder spends up to five matmuls of ``B x d x n`` per step:
+the encoder's forward and its two gradients, the decoder's forward and its two.
+With k of n latents active, only the encoder's forward is needed in full:
 
 - :func:`topk_encode` computes the pre-activations in blocks of rows, keeps each
   block's top k while it is still in cache (the full ``(B, n)`` matrix is never
