@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sparseae.data.arrays import ARRAY_SUFFIXES, STREAMABLE_SUFFIXES, Arrays, read_arrays
-from sparseae.data.dataset import DataConfig, Dataset
+from sparseae.data.dataset import DataConfig, Dataset, check_finite_rows
 from sparseae.data.download import DATASETS, load_named
 from sparseae.data.idx import read_idx
 from sparseae.data.mnist import load_mnist
@@ -105,8 +105,8 @@ def _from_arrays(path: Path, arrays: Arrays, config: DataConfig) -> Dataset:
     if arrays.test is not None:
         return Dataset(
             name,
-            _finite(path, arrays.x.float()),
-            _finite(path, arrays.test.float(), "test "),
+            check_finite_rows(arrays.x.float(), str(path)),
+            check_finite_rows(arrays.test.float(), str(path), "test "),
             _labels(path, arrays.labels),
             _labels(path, arrays.test_labels),
         )
@@ -120,7 +120,7 @@ def _from_arrays(path: Path, arrays: Arrays, config: DataConfig) -> Dataset:
     if isinstance(x, RowReader):  # each split read straight into its own tensor, checked finite on the way
         train, test = RowStream(x, train_rows)[:], RowStream(x, test_rows)[:]
         return Dataset(name, train, test, _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names)
-    x = _finite(path, x.float())
+    x = check_finite_rows(x.float(), str(path))
     return Dataset(
         name, x[train_rows], x[test_rows], _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names
     )
@@ -153,19 +153,6 @@ def _labels(path: Path, labels: Tensor | None) -> Tensor | None:
             fix="Encode the classes as 0, 1, 2, ...",
         )
     return labels.long()
-
-
-def _finite(path: Path, x: Tensor, split: str = "") -> Tensor:
-    bad = ~torch.isfinite(x.flatten(1)).all(1)
-    if bad.any():
-        rows = torch.nonzero(bad).flatten()
-        raise SparseAEError(
-            f"{path}",
-            expected="finite numbers",
-            got=f"NaN or infinity in {len(rows)} {split}row(s), the first at row {int(rows[0])}",
-            fix="Clean the data first, e.g. x[~np.isfinite(x)] = 0, or drop those rows.",
-        )
-    return x
 
 
 def _whole(data: Dataset) -> tuple[Tensor | Stream, Tensor | None]:

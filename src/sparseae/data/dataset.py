@@ -205,16 +205,21 @@ def _as_samples(x: Any, what: str) -> Tensor:
         got=f"shape {tuple(array.shape)}",
         fix="Reshape it: x.reshape(-1, 1) for one feature, x.reshape(1, -1) for one sample.",
     )
-    array = array.float()
-    bad = ~torch.isfinite(array.flatten(1)).all(1)
+    return check_finite_rows(array.float(), what)
+
+
+def check_finite_rows(x: Tensor, what: str, split: str = "") -> Tensor:
+    """``x`` itself, if every row holds finite numbers; else an error naming how many rows do not, and the first."""
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
+        rows = torch.nonzero(bad).flatten()
         raise SparseAEError(
             what,
             expected="finite numbers",
-            got=f"NaN or infinity in {int(bad.sum())} row(s), the first at row {int(torch.nonzero(bad)[0])}",
+            got=f"NaN or infinity in {len(rows)} {split}row(s), the first at row {int(rows[0])}",
             fix="Clean the data first, e.g. x[~np.isfinite(x)] = 0, or drop those rows.",
         )
-    return array
+    return x
 
 
 def _describe(x: object) -> str:
