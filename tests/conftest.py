@@ -1,9 +1,11 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 import sparseae
+from sparseae import training
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +77,29 @@ def text_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "docs.txt"
     path.write_text("\n\n".join(DOCS) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Models this small train several times faster on one thread than on two that compete for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def crash_in_epoch_two(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> None:
+    """Call ``run()`` (a training) with the end of epoch 2 interrupted, as a crash would, after epoch 1 was written."""
+    real_evaluate = training.evaluate
+    calls = {"n": 0}
+
+    def evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(training, "evaluate", real_evaluate)

@@ -14,14 +14,7 @@ from sparseae.cli import main
 from sparseae.preprocess import STEPS, ZCA_EPS, Preprocessing, parse_steps
 from sparseae.sparsity import build_sparsity
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Models this small train several times faster on one thread than on two that compete for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fitted(steps: str, x: torch.Tensor) -> Preprocessing:

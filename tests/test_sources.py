@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import sparseae
-import sparseae.training as train_module
+from conftest import crash_in_epoch_two
 from sparseae import DataConfig, SparseAEError, TrainConfig, build_preset, load_data, train
 from sparseae.cli import main
 from sparseae.data import RowStream, write_shards
@@ -37,13 +37,7 @@ CLI_TRAIN = ["--model", "dense", "--sparsity", "topk", "--k", "4", "--n-latents"
 """The CLI flags that give TRAIN (the dense preset trains with adam, eps 1e-8) and the model below."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Models this small train several times faster on one thread than on two that compete for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def structured(n: int = N_ROWS, d: int = D, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -381,19 +375,7 @@ def test_resumed_streamed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path,
     config = TrainConfig(epochs=3, batch_size=256, lr=1e-2, optimizer="adam", seed=5)
     full = train(model_for(data), data, config, tmp_path / "full", progress=False)
 
-    calls = {"n": 0}
-    real_evaluate = train_module.evaluate
-
-    def crash_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", crash_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(model_for(data), data, config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    crash_in_epoch_two(monkeypatch, lambda: train(model_for(data), data, config, tmp_path / "cut", progress=False))
     assert len(read_metrics(tmp_path / "cut")) == 1
 
     resumed = sparseae.resume(tmp_path / "cut", progress=False)  # reloads the streamed data from config.json

@@ -5,6 +5,7 @@ import torch
 
 import sparseae
 import sparseae.training as train_module
+from conftest import crash_in_epoch_two
 from sparseae._config import to_dict
 from sparseae.data import DataConfig
 from sparseae.training import KerasAdam
@@ -91,19 +92,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(small, tmp_path, monkey
     config = sparseae.TrainConfig(epochs=3, seed=4)
     full = sparseae.train(sparseae.mnist_conv(seed=4), small, config, tmp_path / "full", progress=False)
 
-    calls = {"n": 0}
-    real_evaluate = train_module.evaluate
-
-    def crash_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", crash_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        sparseae.train(sparseae.mnist_conv(seed=4), small, config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    crash_in_epoch_two(
+        monkeypatch, lambda: sparseae.train(sparseae.mnist_conv(seed=4), small, config, tmp_path / "cut", progress=False)
+    )
     assert len(train_module.read_metrics(tmp_path / "cut")) == 1
 
     resumed = sparseae.resume(tmp_path / "cut", progress=False)
