@@ -46,7 +46,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -88,20 +88,22 @@ class Config:
     """A latent is dead (AuxK target) after firing in none of the last dead_window_steps + 1 batches.
     Each library's own default (sparsify 10M tokens, SAELens 1000 steps) never triggers in a
     40-step run, so the benchmark uses 1 for both; null means the library's own default."""
+    extra: dict = field(default_factory=dict)
+    """Keys beyond these, for the one worker that reads them (e.g. sparseae's "kernels")."""
 
     @classmethod
     def from_json(cls, text: str) -> Config:
         raw = {**DEFAULTS, **json.loads(text)}
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            print(f"topk_common: ignoring unknown config keys {unknown}; known: {sorted(names)}", file=sys.stderr)
+        names = {f.name for f in fields(cls)} - {"extra"}
+        extra = {key: raw.pop(key) for key in sorted(set(raw) - names)}
+        if extra:
+            print(f"topk_common: config keys beyond the common ones: {sorted(extra)}", file=sys.stderr)
         missing = sorted(names - set(raw))
         if missing:
             raise SystemExit(f"config is missing {missing} (paths of the .npy arrays)")
         if raw["precision"] not in ("float32", "bfloat16"):
             raise SystemExit(f"precision must be 'float32' or 'bfloat16', got {raw['precision']!r}")
-        return cls(**{name: raw[name] for name in names})
+        return cls(**{name: raw[name] for name in names}, extra=extra)
 
     @property
     def autocast(self) -> bool:

@@ -16,9 +16,6 @@ before the first step). Config keys beyond the common ones: "kernels" ("auto" or
 
 from __future__ import annotations
 
-import json
-import sys
-
 import numpy as np
 import torch
 from topk_common import Config, Worker, batch, run
@@ -28,17 +25,16 @@ from sparseae.models import DenseAutoencoder, DenseConfig
 from sparseae.sparsity import build_sparsity
 from sparseae.training import TrainConfig, _Job
 
-KERNELS = "auto"
-
 
 def build(cfg: Config) -> Worker:
+    kernels = cfg.extra.get("kernels", "auto")
     window = ((cfg.dead_window_steps or 0) + 1) * cfg.batch_size if cfg.dead_window_steps is not None else 10_000_000
     model = DenseAutoencoder(
         DenseConfig(input_shape=(cfg.d_in,), n_latents=cfg.n_latents, aux_k=cfg.d_in // 2, aux_coef=cfg.aux_k_coef,
                     dead_window=window),
         build_sparsity("topk", k=cfg.k),
     )  # fmt: skip
-    train = TrainConfig(lr=cfg.lr, optimizer="adam", adam_eps=1e-8, precision=cfg.precision, kernels=KERNELS)
+    train = TrainConfig(lr=cfg.lr, optimizer="adam", adam_eps=1e-8, precision=cfg.precision, kernels=kernels)
     model.initialise(batch(np.load(cfg.train, mmap_mode="r"), 0, cfg.batch_size))
     job = _Job(model, train, None, torch.device("cpu"))
     job.begin_epoch()
@@ -54,15 +50,10 @@ def build(cfg: Config) -> Worker:
         out = model(x)
         return out.recon, out.code
 
-    notes = (f"sparseae._Job.step (the trainer's step), kernels={KERNELS}, precision={cfg.precision}; "
+    notes = (f"sparseae._Job.step (the trainer's step), kernels={kernels}, precision={cfg.precision}; "
              f"DenseAutoencoder aux_k={cfg.d_in // 2}, dead after {window} rows without firing")  # fmt: skip
     return Worker(step, encode_decode, notes)
 
 
 if __name__ == "__main__":
-    raw = next((sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--config"), "{}")
-    extra = json.loads(raw)
-    KERNELS = extra.pop("kernels", KERNELS)
-    if "--config" in sys.argv:
-        sys.argv[sys.argv.index("--config") + 1] = json.dumps(extra)
     run("sparseae", sparseae.__version__, build)
