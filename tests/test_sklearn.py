@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 import sparseae
 from sparseae.metrics import fvu
-from sparseae.sklearn import SparseAutoencoder
+from sparseae.sklearn import SparseAutoencoder, default_k
 from sparseae.sparsity import get_sparsity
 
 
@@ -41,8 +41,9 @@ def tiny(sparsity: str = "topk") -> SparseAutoencoder:
     return SparseAutoencoder(n_components=8, sparsity=sparsity, k=k, epochs=2, batch_size=16, random_state=0)
 
 
-# Every check passes for every registered constraint: none is expected to fail (see docs/sklearn.md).
-@parametrize_with_checks([tiny(name) for name in sparseae.list_sparsities()])
+# Every check passes for the defaults (whose k must fit the checks' 1- to 3-feature codes) and for
+# every registered constraint: none is expected to fail (see docs/sklearn.md).
+@parametrize_with_checks([SparseAutoencoder(), *(tiny(name) for name in sparseae.list_sparsities())])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -62,10 +63,29 @@ EXTRA_CHECKS = [
 
 
 # The set_output checks fit with column names and transform without them (and back) on purpose.
+@pytest.mark.parametrize("default", [False, True], ids=["tiny", "default"])
 @pytest.mark.parametrize("name", EXTRA_CHECKS)
 @pytest.mark.filterwarnings("ignore:X (does not have valid|has) feature names:UserWarning")
-def test_sklearn_feature_name_and_set_output_checks(name):
-    getattr(estimator_checks, name)("SparseAutoencoder", tiny())
+def test_sklearn_feature_name_and_set_output_checks(name, default):
+    getattr(estimator_checks, name)("SparseAutoencoder", SparseAutoencoder() if default else tiny())
+
+
+@pytest.mark.parametrize(("n_components", "k"), [(1, 1), (3, 1), (7, 1), (8, 2), (20, 5), (127, 31), (128, 32), (4096, 32)])
+def test_default_k_is_a_quarter_of_the_code_at_most_32(n_components, k):
+    assert default_k(n_components) == k
+
+
+def test_defaults_fit_any_width():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    sae = SparseAutoencoder(epochs=1, random_state=0)
+    assert sae.fit(X).k_ == 1 and sae.n_components_ == 3 and sae.k is None  # resolved in fit, the parameter untouched
+    assert ((sae.transform(X) != 0).sum(1) <= 1).all()
+    wide = np.random.default_rng(0).normal(size=(40, 20))
+    assert SparseAutoencoder(sparsity="batchtopk", epochs=1, random_state=0).fit(wide).k_ == 5
+    assert SparseAutoencoder(n_components=256, epochs=1, random_state=0).fit(X).k_ == 32
+    assert SparseAutoencoder(k=3, epochs=1, random_state=0).fit(wide).k_ == 3
+    assert SparseAutoencoder(sparsity_params={"k": 7}, epochs=1, random_state=0).fit(wide).k_ == 7
+    assert SparseAutoencoder(sparsity="l1", epochs=1, random_state=0).fit(X).k_ is None
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,17 @@ INFERENCE_BATCH = 1000
 """Rows per forward pass in transform, inverse_transform and score."""
 _FIXED_FIELDS = ("input_shape", "n_latents")
 """DenseConfig fields set by the estimator itself (from X and n_components), not by model_params."""
+MAX_DEFAULT_K = 32
+"""With ``k=None``, a constraint's ``k`` is ``default_k(n_components)``: at most this (topk's own default)."""
+
+
+def default_k(n_components: int) -> int:
+    """The ``k`` used when none is given: a quarter of the code, at least 1 and at most 32.
+
+    32 (the constraints' own default) for codes of 128 latents or more, so a small code,
+    such as the 3 latents of 3 features, still gets a sparse code rather than a refusal.
+    """
+    return max(1, min(MAX_DEFAULT_K, n_components // 4))
 
 
 class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -66,8 +77,10 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         sparsity: The constraint on the code: a registered name (see
             :func:`sparseae.list_sparsities`) or ``"module:ClassName"``.
         k: Shorthand for the constraint's ``k`` (topk, batchtopk), so that ``GridSearchCV``
-            can search ``{"k": [...]}``; ``None``: the constraint's default (32) or the
-            ``k`` in ``sparsity_params``.
+            can search ``{"k": [...]}``; ``None``: the ``k`` in ``sparsity_params``, else
+            a quarter of the code, at least 1 and at most 32:
+            ``max(1, min(32, n_components // 4))`` (:func:`default_k`), so 32 for 128
+            latents or more and 1 for 3. The value used is ``k_``.
         sparsity_params: The constraint's other hyperparameters, e.g. ``{"weight": 1e-3}``
             for ``sparsity="l1"``; ``None``: its defaults.
         preprocess: Input preprocessing fitted on ``X`` and kept inside the model: ``"norm"``
@@ -91,6 +104,8 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             (unit norm; with ``preprocess="norm"``, divide by ``model_.preprocess.scale``
             for the input's units).
         n_components_: Number of latents.
+        k_: The constraint's ``k`` as trained (``k``, ``sparsity_params["k"]`` or
+            :func:`default_k`); ``None`` for a constraint without a ``k``.
         n_features_in_: Number of features seen by ``fit``.
         feature_names_in_: Column names of ``X``, when ``X`` has string column names.
         history_: One record per epoch (train loss, and mse, fvu, L0, dead units on up to
@@ -133,10 +148,11 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         n_components = _positive_int(n_features if self.n_components is None else self.n_components, "n_components")
         seed = self._seed()
         preset = get_preset("dense")
+        sparsity = self._build_sparsity(n_components)
         model = build_preset(
             "dense",
             (n_features,),
-            self._build_sparsity(),
+            sparsity,
             seed=seed,
             preprocess=self.preprocess,
             n_latents=n_components,
@@ -160,6 +176,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             result = train(model, data, config, progress=bool(self.verbose))
         self.model_ = result.model
         self.n_components_ = n_components
+        self.k_ = sparsity.get_params().get("k")
         self.components_ = self.model_.W_dec.detach().cpu().T.numpy().copy()  # (n_components, n_features)
         self.history_ = result.metrics
         return self
@@ -235,7 +252,8 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             return int(self.random_state)
         return int(rng.randint(np.iinfo(np.int32).max))
 
-    def _build_sparsity(self) -> Sparsity:
+    def _build_sparsity(self, n_components: int) -> Sparsity:
+        """The constraint with its hyperparameters; a ``k`` nobody gave is :func:`default_k` of the code size."""
         check(
             isinstance(self.sparsity, str),
             "sparsity",
@@ -252,8 +270,8 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             fix="For example sparsity='l1', sparsity_params={'weight': 1e-3}.",
         )
         params = dict(params)
+        known = get_sparsity(self.sparsity).hyperparameters()
         if self.k is not None:
-            known = get_sparsity(self.sparsity).hyperparameters()
             check(
                 "k" in known,
                 "k",
@@ -269,6 +287,8 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                 fix="Set one of them.",
             )
             params["k"] = self.k
+        elif "k" in known and "k" not in params:
+            params["k"] = default_k(n_components)
         return build_sparsity(self.sparsity, **params)
 
     def _model_params(self) -> dict[str, Any]:
