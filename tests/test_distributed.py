@@ -72,6 +72,10 @@ CASES = {
                   "--batch-size", "255"],
     "batchtopk": ["--model", "dense", "--sparsity", "batchtopk", "--k", "4", "--batch-size", "256"],
     "jumprelu": ["--model", "dense", "--sparsity", "jumprelu", "--batch-size", "256"],
+    # the mean activation of the global batch, with its all-reduced gradient; odd, so the shares differ
+    "kl": ["--model", "dense", "--sparsity", "kl", "--batch-size", "255"],
+    # each unit's ceil(0.05 * 255) = 13 largest over the global batch, not 7 of each rank's 128 or 127
+    "wta": ["--model", "dense", "--sparsity", "wta", "--batch-size", "255"],
 }  # fmt: skip
 
 

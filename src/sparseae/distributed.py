@@ -6,8 +6,9 @@ gloo on CPUs). The trainer then splits every global batch evenly across the rank
 the model in ``DistributedDataParallel`` and weights each rank's loss by its share of
 the batch, so the gradient is the one a single process would compute on the whole
 batch. Statistics that need the whole batch are reduced across ranks with the helpers
-below: BatchTopK's global selection and threshold, AuxK's dead-latent counts and its
-residual scale. Outside a process group every helper is the identity.
+below: BatchTopK's global selection and threshold, WTA's per-unit selection, AuxK's
+dead-latent counts and its residual scale, and (with a gradient, :func:`all_sum_grad`)
+KL's mean activation. Outside a process group every helper is the identity.
 """
 
 from __future__ import annotations
@@ -69,6 +70,34 @@ def all_sum(t: Tensor) -> Tensor:
     t = t.detach().clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+class _AllSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, t: Tensor) -> Tensor:
+        t = t.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_sum_grad(t: Tensor) -> Tensor:
+    """The sum of ``t`` over ranks, differentiable: each rank's ``t`` gets the gradient summed over ranks.
+
+    For a term every rank computes alike from the global sum (KL's penalty on the global
+    batch's mean activation): the trainer weights rank r's loss by ``share_r`` (the ranks'
+    shares add up to the number of ranks W), so the gradients that reach the sum add up
+    to W times one process's; summed back to every rank, then averaged over the W ranks
+    by DistributedDataParallel, each rank's rows get exactly one process's gradient.
+    """
+    if not active():
+        return t
+    return _AllSum.apply(t)
 
 
 def all_max(t: Tensor) -> Tensor:

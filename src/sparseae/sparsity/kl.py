@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sparseae import distributed
 from sparseae.sparsity.base import Sparsity, check_open_unit, check_weight, register
 
 
@@ -12,7 +13,8 @@ from sparseae.sparsity.base import Sparsity, check_open_unit, check_weight, regi
 class KL(Sparsity):
     """Sigmoid code; penalty ``beta * sum_j KL(rho || rho_hat_j)``.
 
-    ``rho_hat_j`` is the mean activation of unit j over the batch, and
+    ``rho_hat_j`` is the mean activation of unit j over the batch (the global batch
+    under torchrun, with the gradient one process would get), and
     ``KL(rho || r) = rho log(rho / r) + (1 - rho) log((1 - rho) / (1 - r))``,
     the divergence between Bernoulli variables of means rho and r. It is zero
     when every unit fires with mean rho, and grows fast as a unit's mean leaves it.
@@ -31,7 +33,10 @@ class KL(Sparsity):
         return torch.sigmoid(pre)
 
     def penalty(self, code: Tensor, pre: Tensor) -> Tensor:
-        rho_hat = code.mean(0).clamp(1e-7, 1 - 1e-7)  # (n_latents,)
+        total, rows = code.sum(0), len(code)  # (n_latents,)
+        if self.training and distributed.active():  # the global batch's mean; evaluation stays per rank
+            total, rows = distributed.all_sum_grad(total), distributed.batch_total(rows, code.device)
+        rho_hat = (total / rows).clamp(1e-7, 1 - 1e-7)  # (n_latents,)
         rho = self.rho
         kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
         return self.beta * kl.sum()
