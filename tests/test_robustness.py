@@ -1,8 +1,10 @@
 """Runs that survive abuse: SIGKILL and resume, damaged checkpoints, the run lock, non-finite steps, no unpickling.
 
-The kill test starts ``python -m sparseae.cli train`` in a subprocess, polls the run directory
-until a checkpoint at or after a point drawn from a seeded generator exists, SIGKILLs it and
-resumes, again and again; the final weights must equal an uninterrupted run's bit for bit.
+The kill test starts ``sparseae train`` in a subprocess that stops itself (SIGSTOP) at a
+point drawn from a seeded generator (before a given step, or right after a given
+checkpoint), SIGKILLs it there and resumes, again and again; the final weights must equal
+an uninterrupted run's bit for bit. Stopping at a state rather than polling for it makes the
+test the same on an idle machine and on one whose cores are busy with other work.
 """
 
 from __future__ import annotations
@@ -100,10 +102,55 @@ def _train_args(data: Path, out: Path) -> list[str]:
             "--seed", "7", "--quiet", "--out", str(out)]  # fmt: skip
 
 
-def _start(*args: str) -> subprocess.Popen:
-    """`python -m sparseae.cli train ARGS` in the background."""
+def _start(*args: str, stop: str | None = None) -> subprocess.Popen:
+    """`sparseae train ARGS` in the background; with ``stop``, it stops itself there (see :data:`_STOPPING`)."""
     command = [sys.executable, "-m", "sparseae.cli", "train", *args]
+    if stop is not None:
+        command = [sys.executable, "-c", _STOPPING, stop, "train", *args]
     return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+_STOPPING = """
+import os, signal, sys
+from sparseae import checkpoint, cli, training
+where, at = sys.argv[1].split(":")
+at = int(at)
+save, step = checkpoint.save, training._Job.step
+
+def save_then_stop(run_dir, tensors, meta):
+    path = save(run_dir, tensors, meta)
+    if where == "after-checkpoint" and meta["step"] >= at:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return path
+
+def stop_then_step(self, x, n):
+    if where == "before-step" and n >= at:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return step(self, x, n)
+
+checkpoint.save, training._Job.step = save_then_stop, stop_then_step
+sys.exit(cli.main(sys.argv[2:]))
+"""
+"""A ``sparseae`` process that stops itself (SIGSTOP) ``before-step:N`` (the N-th optimizer step, 1-based)
+or ``after-checkpoint:N`` (right after writing the first checkpoint of step N or later)."""
+
+
+def _stopped(proc: subprocess.Popen, what: str) -> None:
+    """Wait until ``proc`` has stopped itself; fail if it ends first. The deadline only guards against a hang."""
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            state = "?"
+        if state == "T":
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n{proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"not stopped at {what} after 600 s:\n{proc.communicate()[1]}")
+        time.sleep(0.01)
 
 
 def _checkpoint_step(run: Path) -> int:
@@ -124,16 +171,9 @@ def _epochs_recorded(run: Path) -> int:
         return 0
 
 
-def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
-    """Poll until ``ready()``, then SIGKILL ``proc``; fail if it ends on its own first."""
-    deadline = time.monotonic() + 60
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n{proc.communicate()[1]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {what} after 60 s:\n{proc.communicate()[1]}")
-        time.sleep(0.005)
+def _kill_stopped(proc: subprocess.Popen, what: str) -> None:
+    """SIGKILL ``proc`` once it has stopped itself at ``what``."""
+    _stopped(proc, what)
     proc.kill()
     err = proc.communicate()[1]
     assert proc.returncode == -signal.SIGKILL, f"not killed at {what} (exit {proc.returncode}):\n{err}"
@@ -161,22 +201,19 @@ def test_sigkill_and_resume_again_and_again_ends_bit_identical(rows, tmp_path):
     reference = _start(*_train_args(rows, tmp_path / "full"))  # uninterrupted, same seed; runs alongside
     try:
         first, second = draw.randrange(6, 41), draw.randrange(STEPS_PER_EPOCH + 6, 2 * STEPS_PER_EPOCH - 15)  # clear of the ends
-        kills = [
-            (f"a checkpoint at step >= {first} (epoch 1)", lambda: _checkpoint_step(run) >= first),
-            ("epoch 1's checkpoint (right after the epoch's end)", lambda: _checkpoint_step(run) >= STEPS_PER_EPOCH),
-            (f"a checkpoint at step >= {second} (epoch 2)", lambda: _checkpoint_step(run) >= second),
-        ]
+        kills = [f"before-step:{first}", f"after-checkpoint:{STEPS_PER_EPOCH}", f"before-step:{second}"]
         killed_at = []
-        for i, (what, ready) in enumerate(kills):
-            proc = _start(*_train_args(rows, run)) if i == 0 else _start("--resume", str(run), "--quiet")
-            _kill_when(proc, ready, what)
+        for i, stop in enumerate(kills):
+            args = _train_args(rows, run) if i == 0 else ["--resume", str(run), "--quiet"]
+            _kill_stopped(_start(*args, stop=stop), stop)
             killed_at.append(_checkpoint_step(run))
-        assert killed_at[0] < STEPS_PER_EPOCH <= killed_at[1] < killed_at[2] < 2 * STEPS_PER_EPOCH, killed_at
+        every = 3  # --checkpoint-every of _train_args: the last checkpoint before a step
+        assert killed_at == [(first - 1) // every * every, STEPS_PER_EPOCH, (second - 1) // every * every], killed_at
 
         last = subprocess.run([sys.executable, "-m", "sparseae.cli", "train", "--resume", str(run), "--quiet"],
-                              env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+                              env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
         assert last.returncode == 0, last.stderr
-        err = reference.communicate(timeout=120)[1]
+        err = reference.communicate(timeout=600)[1]
         assert reference.returncode == 0, err
     finally:
         if reference.poll() is None:  # a failure above: do not leave it running
@@ -217,6 +254,50 @@ def test_a_kill_around_an_epochs_checkpoint_loses_no_epoch(small, tmp_path, monk
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
     sparseae.train(_dense(), small, config, tmp_path / "reference", progress=False)
     _assert_same_tensors(read_tensors(tmp_path / "run" / MODEL)[0], read_tensors(tmp_path / "reference" / MODEL)[0], "model")
+
+
+@pytest.mark.parametrize(
+    ("interrupt_at", "saved"),
+    [((0, 5), "the checkpoint of step 5 (batch 5 of epoch 1)"), ((1, 0), "the checkpoint of step 16 (the end of epoch 1)")],
+)
+def test_ctrl_c_says_which_checkpoint_was_saved_and_resume_continues_there(small, tmp_path, monkeypatch, capsys, interrupt_at,
+                                                                          saved):  # fmt: skip
+    run = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "save", _ctrl_c_after(checkpoint.save, interrupt_at))
+    with pytest.raises(KeyboardInterrupt, match=re.escape(f"{run} holds {saved}: `sparseae train --resume {run}` continues")):
+        sparseae.train(_dense(), small, CONFIG, run, progress=False)
+    monkeypatch.undo()
+    assert _checkpoint_step(run) == int(saved.split()[4])
+    assert sparseae.resume(run, progress=False).metrics[-1]["step"] == 32
+
+
+def _ctrl_c_after(save, at: tuple[int, int]):
+    """``save``, then Ctrl-C once the checkpoint at (epoch, batch) ``at`` is written."""
+
+    def save_then_ctrl_c(run_dir, tensors, meta):
+        path = save(run_dir, tensors, meta)
+        if (meta["epoch"], meta["batch"]) == at:
+            raise KeyboardInterrupt
+        return path
+
+    return save_then_ctrl_c
+
+
+def test_ctrl_c_in_the_cli_says_what_was_saved_and_exits_130(rows, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "save", _ctrl_c_after(checkpoint.save, (1, 0)))
+    assert cli.main(["train", *_train_args(rows, run), "--checkpoint-every", "1000"]) == 130
+    message = f"sparseae: interrupted; {run} holds the checkpoint of step 57 (the end of epoch 1): `sparseae train --resume"
+    assert message in capsys.readouterr().err
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(small, tmp_path, monkeypatch):
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="holds no checkpoint yet .stopped before the first one.: start it again"):
+        sparseae.train(_dense(), small, CONFIG, tmp_path / "run", progress=False)
 
 
 # --- 2. damaged checkpoints ----------------------------------------------------------------------
@@ -276,21 +357,17 @@ def test_both_checkpoints_damaged_is_a_clear_error(run, capsys):
 
 def test_a_second_writer_is_refused_while_a_run_trains_and_admitted_once_it_is_killed(rows, tmp_path, capsys):
     run = tmp_path / "run"
-    proc = _start(*_train_args(rows, run))
+    proc = _start(*_train_args(rows, run), stop="after-checkpoint:3")  # holds the lock, stopped, until killed
     message = (
         rf"{re.escape(str(run))}: expected a run directory no other process is writing to, got one locked by pid {proc.pid}\. "
         r"Wait for that run to finish \(or stop it\), or choose another --out\."
     )
     try:
-        deadline = time.monotonic() + 60
-        while _checkpoint_step(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)  # the lock is taken before the first step
-        assert proc.poll() is None and _checkpoint_step(run) >= 3, "the run ended or stalled before its first checkpoint"
+        _stopped(proc, "its first checkpoint")
         with pytest.raises(sparseae.SparseAEError, match=message):
             sparseae.resume(run, progress=False)
         assert cli.main(["train", "--resume", str(run), "--quiet"]) == 2
         assert re.search(message, capsys.readouterr().err)
-        assert proc.poll() is None, f"the run ended before the checks (exit {proc.returncode}): they proved nothing"
     finally:
         proc.kill()
         proc.communicate()

@@ -2,11 +2,13 @@
 
 A checkpoint is one safetensors file: the model, the optimizer state, the random-number
 state and the place in the data (epoch, batch, step), with a sha256 of every tensor's
-bytes in its metadata. Writing one first renames the current checkpoint to
-``checkpoint-prev.safetensors``, then writes the new one atomically (temporary file,
-flush, fsync, rename). So at any moment at least one complete checkpoint is on disk,
-and :func:`load_latest` falls back to the previous one when the latest is missing,
-truncated or corrupt.
+bytes in its metadata. Writing one first writes the new checkpoint in full to a
+temporary file (flush, fsync), then hard-links the current one to
+``checkpoint-prev.safetensors``, then renames the new one over
+``checkpoint.safetensors``. So ``checkpoint.safetensors`` exists at every instant after
+the first save (a reader or a resume never finds it missing), the previous one is kept,
+and :func:`load_latest` falls back to it when the latest is truncated or corrupt. A
+failed write (a full disk) leaves both as they were.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from sparseae.errors import SparseAEError
-from sparseae.io import read_tensors, write_tensors
+from sparseae.io import disk_error, read_tensors, replace_keeping_previous, serialize_tensors
 
 log = logging.getLogger("sparseae")
 
@@ -55,11 +58,9 @@ def check_finite(tensors: dict[str, Tensor]) -> None:
 def save(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write a checkpoint of ``tensors`` and JSON-ready ``meta``, keeping the previous one."""
     check_finite(tensors)
-    path, previous = run_dir / CHECKPOINT_FILE, run_dir / PREVIOUS_FILE
+    path = run_dir / CHECKPOINT_FILE
     metadata = {"sparseae": json.dumps(meta), "sha256": digest(tensors)}
-    if path.exists():
-        os.replace(path, previous)
-    write_tensors(path, tensors, metadata=metadata)
+    replace_keeping_previous(path, serialize_tensors(tensors, metadata), run_dir / PREVIOUS_FILE)
     return path
 
 
@@ -81,6 +82,15 @@ def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         got = f"a checksum mismatch ({actual})"
         raise SparseAEError(str(path), expected=f"tensors with sha256 {expected}", got=got, fix="The file is damaged.")
     return tensors, meta
+
+
+def latest_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The state (epoch, batch, step) in the latest checkpoint's header (its tensors are not read); None if unreadable."""
+    try:
+        with safe_open(run_dir / CHECKPOINT_FILE, framework="pt") as f:
+            return json.loads((f.metadata() or {})["sparseae"])
+    except Exception:  # missing, damaged: no usable checkpoint to name
+        return None
 
 
 def load_latest(run_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -109,22 +119,26 @@ def load_latest(run_dir: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 class RunLock:
-    """An exclusive lock on a run directory for as long as a process writes into it.
+    """An exclusive lock on a directory for as long as a process writes into it.
 
-    ``fcntl.flock`` on ``RUN/.lock``: the kernel releases it when the process dies, so a
+    ``fcntl.flock`` on ``DIR/.lock``: the kernel releases it when the process dies, so a
     killed run never leaves a stale lock behind. Where ``fcntl`` does not exist
-    (Windows) the lock is a no-op.
+    (Windows) the lock is a no-op. ``kind`` and ``fix`` word the refusal: a run
+    directory (``--out``) by default, or e.g. an activation cache.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path, self.fd = run_dir / LOCK_FILE, -1
+    def __init__(self, directory: Path, kind: str = "run directory", fix: str = "choose another --out"):
+        self.path, self.fd, self.kind, self.fix = directory / LOCK_FILE, -1, kind, fix
 
     def __enter__(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return self
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only directory, or one that vanished
+            raise disk_error(self.path, e) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -133,9 +147,9 @@ class RunLock:
             self.fd = -1
             raise SparseAEError(
                 str(self.path.parent),
-                expected="a run directory no other process is writing to",
+                expected=f"a {self.kind} no other process is writing to",
                 got=f"one locked by {holder}",
-                fix="Wait for that run to finish (or stop it), or choose another --out.",
+                fix=f"Wait for that run to finish (or stop it), or {self.fix}.",
             ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()}".encode(), 0)

@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sparseae: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sparseae: interrupted; the last finished epoch is saved (continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as e:  # training says which checkpoint it left (Interrupted); elsewhere nothing was half-written
+        print(f"sparseae: interrupted; {e or 'nothing more was written'}", file=sys.stderr)
         return 130
 
 

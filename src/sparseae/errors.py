@@ -18,6 +18,18 @@ class SparseAEError(ValueError):
         super().__init__(f"{what}: expected {expected}, got {got}. {fix}")
 
 
+class DiskError(SparseAEError):
+    """A file could not be written: the disk is full, or the directory is read-only or gone.
+
+    Raised by every write of :mod:`sparseae.io`, naming the file; what was on disk
+    before the write is left as it was. ``error`` is the operating system's error.
+    """
+
+    def __init__(self, what: str, *, expected: str, got: str, fix: str, error: OSError):
+        super().__init__(what, expected=expected, got=got, fix=fix)
+        self.error = error
+
+
 def check(condition: bool, what: str, *, expected: str, got: object, fix: str) -> None:
     """Raise :class:`SparseAEError` unless ``condition`` holds."""
     if not condition:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from sparseae._config import from_dict
-from sparseae.errors import SparseAEError
+from sparseae.errors import DiskError, SparseAEError
 from sparseae.models import Autoencoder, get_model_class
 from sparseae.sparsity import build_sparsity
 
@@ -28,8 +33,111 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half.
+
+    A failed write (a full disk, a read-only directory) raises :class:`DiskError` naming
+    ``path`` and leaves no temporary file behind.
+    """
     path = Path(path)
+    with _staged(path, data) as tmp:
+        os.replace(tmp, path)
+        _fsync_directory(path.parent)  # the rename itself survives a power cut
+
+
+def replace_keeping_previous(path: str | Path, data: bytes, previous: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically and keep the file it replaces as ``previous``.
+
+    ``path`` exists at every instant (once it has existed): the new file is written in
+    full first, then the current one is hard-linked (or, where links are not supported,
+    copied) to ``previous``, and only then is the new file renamed over ``path``. A
+    failure at any point leaves ``path`` as it was.
+    """
+    path, previous = Path(path), Path(previous)
+    with _staged(path, data) as tmp:
+        if path.exists():
+            spare = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+            try:
+                spare.unlink(missing_ok=True)
+                try:
+                    os.link(path, spare)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                        raise
+                    shutil.copyfile(path, spare)  # a file system without hard links
+                os.replace(spare, previous)
+            finally:
+                with contextlib.suppress(OSError):
+                    spare.unlink(missing_ok=True)
+        os.replace(tmp, path)
+        _fsync_directory(path.parent)
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append ``text`` to ``path`` (created if missing) and fsync it; a failed write cuts the file back to what it was.
+
+    So a full disk never leaves half a line behind; the failure is a :class:`DiskError` naming ``path``.
+    """
+    path = Path(path)
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise disk_error(path, e) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise disk_error(path, e) from None
+    finally:
+        os.close(fd)
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def disk_error(path: Path, error: OSError, kept: str = "the files written before are intact") -> DiskError:
+    """The error for a failed write of ``path``: which file, what the system said, what to free or fix, and ``kept``."""
+    where = path.parent
+    reason = error.strerror or str(error)
+    if error.errno in _DISK_FULL:
+        return DiskError(
+            str(path),
+            expected="room on the disk to write it",
+            got=f"a full disk ({reason})",
+            fix=f"Free space on the disk that holds {where} (`df -h {where}` shows how much), e.g. old runs or "
+            f"activation caches; {kept}.",
+            error=error,
+        )
+    if error.errno in _NOT_WRITABLE:
+        return DiskError(
+            str(path),
+            expected="a directory this process may write to",
+            got=f"one it may not ({reason})",
+            fix=f"Make {where} writable again (chmod u+w, or remount it read-write) or choose another directory; {kept}.",
+            error=error,
+        )
+    return DiskError(
+        str(path),
+        expected="a file that can be written",
+        got=f"an error from the operating system ({reason})",
+        fix=f"Check {where} (does it still exist? is the disk healthy?); {kept}.",
+        error=error,
+    )
+
+
+@contextlib.contextmanager
+def _staged(path: Path, data: bytes) -> Iterator[str]:
+    """A temporary file beside ``path`` holding ``data`` (flushed and fsynced), removed unless it was renamed.
+
+    Every ``OSError`` inside (writing it, or what the caller does with it) becomes a :class:`DiskError` naming ``path``.
+    """
     if not path.parent.is_dir():
         raise SparseAEError(
             str(path),
@@ -37,18 +145,21 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             got=f"{path.parent} (no such directory)" if not path.parent.exists() else f"{path.parent} (a file)",
             fix="Create the directory first, or choose another path.",
         )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)  # the rename itself survives a power cut
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp
+    except OSError as e:
+        raise disk_error(path, e) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)  # nothing to do once it was renamed into place
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -85,8 +196,12 @@ def read_json(path: str | Path) -> Any:
 
 def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write tensors (moved to the CPU, made contiguous) and string metadata as safetensors, atomically."""
-    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write(path, blob)
+    atomic_write(path, serialize_tensors(tensors, metadata))
+
+
+def serialize_tensors(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes of a safetensors file holding ``tensors`` (moved to the CPU, made contiguous) and ``metadata``."""
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -138,7 +253,41 @@ def model_from_cfg(cfg: Any, what: str) -> Autoencoder:
     preprocess = cfg.get("preprocess", [])
     if not isinstance(preprocess, list) or not all(isinstance(s, str) for s in preprocess):
         raise SparseAEError(f"{what} preprocess", expected="a list of step names", got=repr(preprocess), fix="Check the file.")
-    return cls(config, build_sparsity(sparsity.get("name", ""), **(sparsity.get("params") or {})), tuple(preprocess))
+    constraint = build_sparsity(sparsity.get("name", ""), **(sparsity.get("params") or {}))
+    with torch.device("meta"):  # its size, before any memory is allocated for it
+        shell = cls(config, constraint, tuple(preprocess))
+    check_fits_in_memory(shell, what)
+    return cls(config, constraint, tuple(preprocess))
+
+
+def check_fits_in_memory(model: torch.nn.Module, what: str) -> None:
+    """Refuse a model whose weights (twice: the model and the file read into it) exceed the memory available now."""
+    nbytes = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    available = available_memory()
+    if available is not None and 2 * nbytes > available:
+        n = sum(p.numel() for p in model.parameters())
+        raise SparseAEError(
+            what,
+            expected=f"a model that fits in memory ({available / 2**30:.1f} GiB available, and loading needs twice its size)",
+            got=f"one of {n:,} parameters ({nbytes / 2**30:.1f} GiB)",
+            fix="Check its sizes (e.g. n_latents, d_in): a damaged or foreign cfg.json asks for more than it should; "
+            "otherwise load it on a machine with more memory.",
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (Linux's MemAvailable, else the physical memory), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - e.g. Windows
+        return None
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:

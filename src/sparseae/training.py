@@ -4,7 +4,8 @@ A run directory holds::
 
     config.json             model, training and data settings (enough to resume)
     metrics.jsonl           one JSON line per epoch
-    checkpoint.safetensors  model + optimizer + RNG state after the last finished epoch
+    checkpoint.safetensors  model + optimizer + RNG state after the last finished epoch (or --checkpoint-every step)
+    checkpoint-prev.safetensors  the one before, used when the latest is damaged
     model.safetensors       the latest model, with cfg.json: ``sparseae.load(RUN)``
     cfg.json
     reconstructions.png     test samples above their reconstructions
@@ -33,8 +34,8 @@ from sparseae import checkpoint, distributed, kernels, runtime
 from sparseae._config import from_dict, to_dict
 from sparseae.checkpoint import RunLock
 from sparseae.data import DataConfig, Dataset, Stream, load_data
-from sparseae.errors import SparseAEError, check
-from sparseae.io import atomic_write, model_from_cfg, read_json, save_model, write_json
+from sparseae.errors import DiskError, SparseAEError, check
+from sparseae.io import append_text, atomic_write, disk_error, model_from_cfg, read_json, save_model, write_json
 from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
 from sparseae.report import image_grid, save_image_grid
@@ -318,6 +319,8 @@ def _new_run_dir(run_dir: Path, model: Autoencoder, config: TrainConfig, data: D
             got="a path inside a file",
             fix="Choose another --out.",
         ) from None
+    except OSError as e:  # a read-only file system, no permission, a full disk
+        raise disk_error(run_dir, e) from None
     write_json(
         run_dir / CONFIG_FILE,
         {
@@ -523,8 +526,7 @@ class _Job:
             # resume (the record is dropped as newer than the checkpoint) instead of losing it.
             tensors, meta = self.checkpoint_state(epoch, 0, step)
             checkpoint.check_finite(tensors)  # nothing is written from a diverged model
-            with open(self.run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_text(self.run_dir / METRICS_FILE, json.dumps(record) + "\n")
             checkpoint.save(self.run_dir, tensors, meta)
             save_model(model, self.run_dir)
             save_reconstructions(model, data.test, self.run_dir / RECONSTRUCTIONS_FILE)
@@ -607,8 +609,39 @@ def _fit(
             job.history = [r for r in read_metrics(run_dir) if r["step"] <= step]
             atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
         log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch, step)
-    _run([job], data, config, progress=progress, epoch=epoch, batch=batch, step=step, prepare=state is None)
+    with _saying_what_is_saved([job]):
+        _run([job], data, config, progress=progress, epoch=epoch, batch=batch, step=step, prepare=state is None)
     return job.result()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); the message says which checkpoint each run directory holds."""
+
+
+@contextlib.contextmanager
+def _saying_what_is_saved(jobs: list[_Job]) -> Iterator[None]:
+    """Turn Ctrl-C into :class:`Interrupted` saying what was saved, and add how to resume to a failed write."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted("; ".join(_what_is_saved(job) for job in jobs)) from None
+    except DiskError as e:
+        runs = [job.run_dir for job in jobs if job.run_dir is not None and Path(e.what).parent == job.run_dir]
+        if not runs:
+            raise
+        kept = f"the files written before are intact. Then continue with `sparseae train --resume {runs[0]}`"
+        raise disk_error(Path(e.what), e.error, kept) from None
+
+
+def _what_is_saved(job: _Job) -> str:
+    if job.run_dir is None:
+        return "nothing was written (no run directory)"
+    meta = checkpoint.latest_meta(job.run_dir)  # what is on disk, whenever the interrupt came
+    if meta is None:
+        return f"{job.run_dir} holds no checkpoint yet (stopped before the first one): start it again with a new --out"
+    epoch, batch, step = meta["epoch"], meta.get("batch", 0), meta["step"]
+    at = f"the end of epoch {epoch}" if batch == 0 else f"batch {batch} of epoch {epoch + 1}"
+    return f"{job.run_dir} holds the checkpoint of step {step} ({at}): `sparseae train --resume {job.run_dir}` continues there"
 
 
 def _run(
@@ -727,7 +760,8 @@ def sweep(
             if run_dir is not None:
                 locks.enter_context(RunLock(run_dir))
             jobs.append(_Job(model, config, run_dir, device))
-        _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
+        with _saying_what_is_saved(jobs):
+            _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
     return {name: job.result() for name, job in zip(models, jobs, strict=True)}
 
 

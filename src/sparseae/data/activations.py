@@ -413,14 +413,13 @@ def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_sha
     """
     from tqdm.auto import tqdm
 
-    from sparseae.data.shards import write_shards
+    from sparseae.data.shards import claim, write_into
 
-    model, tokenizer = load_lm(config.model, config.device)
-    # write_shards serialises ``metadata`` when it writes the manifest, after the last
+    # write_into serialises ``metadata`` when it writes the manifest, after the last
     # row: filling the dict in as the rows run out records the measured speed in it.
     metadata: dict[str, Any] = {"source": "lm-activations", "config": to_dict(config)}
 
-    def rows() -> Iterator[Tensor]:
+    def rows(model: nn.Module, tokenizer: Any) -> Iterator[Tensor]:
         start, n, d_model = time.perf_counter(), 0, 0
         with tqdm(total=config.tokens, unit="tok", disable=not progress, desc="activations") as bar:
             for batch in _collect(config, model, tokenizer, config.tokens):
@@ -432,7 +431,9 @@ def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_sha
         if n < config.tokens:
             log.warning("%s holds %d tokens, fewer than the %d asked for: the cache is smaller.", config.text, n, config.tokens)
 
-    return write_shards(rows(), out, rows_per_shard=rows_per_shard, metadata=metadata)
+    with claim(out) as directory:  # before the model loads: a second process writing here is refused at once
+        return write_into(rows(*load_lm(config.model, config.device)), directory, rows_per_shard=rows_per_shard,
+                          metadata=metadata)  # fmt: skip
 
 
 # --- training straight from the model -----------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ whose writing was interrupted has no manifest and is never mistaken for a comple
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ from torch import Tensor
 
 from sparseae.data.arrays import SafetensorsReader
 from sparseae.data.stream import RowReader
-from sparseae.errors import SparseAEError
-from sparseae.io import atomic_write, read_json, write_json
+from sparseae.errors import DiskError, SparseAEError
+from sparseae.io import atomic_write, disk_error, read_json, write_json
+
+log = logging.getLogger("sparseae")
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "sparseae-shards", 1
@@ -37,6 +41,58 @@ TENSOR = "x"
 def is_shard_dir(path: Path) -> bool:
     """Whether ``path`` is a directory with a shard manifest."""
     return (path / MANIFEST).is_file()
+
+
+@contextlib.contextmanager
+def claim(out: str | Path) -> Iterator[Path]:
+    """Hold ``out`` (new or empty; created) as this process's shard directory while the body writes into it.
+
+    A second process claiming the same directory is refused (a lock, released by the
+    kernel if this process dies). If the body fails (a full disk, Ctrl-C, an error in the
+    rows), every file written into ``out`` is removed again, and ``out`` too if it was
+    created here: a cache is complete (with its manifest) or absent, never half-written.
+    """
+    from sparseae.checkpoint import LOCK_FILE, RunLock
+
+    out = Path(out)
+    created = not out.exists()
+    if out.exists() and not out.is_dir():
+        raise SparseAEError(
+            str(out), expected="a new or empty directory for the shards", got="a file", fix="Choose another directory."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(out, e) from None
+    with RunLock(out, kind="shard directory", fix="choose another directory") as lock:
+        if any(p.name != LOCK_FILE for p in out.iterdir()):  # checked under the lock: no other process fills it meanwhile
+            raise SparseAEError(
+                str(out),
+                expected="a new or empty directory for the shards",
+                got="one that holds files",
+                fix="Choose another directory.",
+            )
+        try:
+            yield out
+        except BaseException as e:
+            written = [path for path in out.iterdir() if path.name != LOCK_FILE]
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            log.warning("%s: the cache was not finished; the %d file(s) written so far were removed", out, len(written))
+            if created:
+                lock.__exit__()
+                with contextlib.suppress(OSError):
+                    (out / LOCK_FILE).unlink()
+                    out.rmdir()
+            if isinstance(e, DiskError):
+                kept = f"the {len(written)} shard(s) written so far were removed: write the cache again"
+                raise disk_error(Path(e.what), e.error, kept) from None
+            raise
+
+
+def _not_new(out: Path, got: str) -> SparseAEError:
+    return SparseAEError(str(out), expected="a new or empty directory for the shards", got=got, fix="Choose another directory.")
 
 
 def write_shards(
@@ -49,20 +105,25 @@ def write_shards(
 ) -> Path:
     """Write ``batches`` (tensors ``(n, *sample_shape)``, any n) into shards under ``out``; returns ``out``.
 
-    ``out`` must be new or empty. Each shard holds ``rows_per_shard`` rows (the last
-    fewer); ``metadata`` (JSON-ready) is kept in the manifest.
+    ``out`` must be new or empty, and is held by :func:`claim` while it is written. Each
+    shard holds ``rows_per_shard`` rows (the last fewer); ``metadata`` (JSON-ready) is
+    kept in the manifest.
     """
+    with claim(out) as directory:
+        return write_into(batches, directory, rows_per_shard=rows_per_shard, dtype=dtype, metadata=metadata)
+
+
+def write_into(
+    batches: Iterable[Tensor],
+    out: Path,
+    *,
+    rows_per_shard: int = 65_536,
+    dtype: torch.dtype = torch.float32,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """:func:`write_shards` into a directory the caller holds with :func:`claim`."""
     from safetensors.torch import save
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SparseAEError(
-            str(out),
-            expected="a new or empty directory for the shards",
-            got="one that holds files",
-            fix="Choose another directory.",
-        )
-    out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
     pending: list[Tensor] = []
     sample_shape: tuple[int, ...] | None = None
