@@ -856,6 +856,48 @@ CASES: list[Case] = [
             "language-model activations: expected --lm-model, --lm-module and --lm-text",
             lambda tmp, env: ["cache-activations", "--out", str(tmp / "cache")],
         ),
+        Case(
+            "csv-not-utf8", "A CSV that is neither UTF-8 nor UTF-16 with a byte-order mark",
+            ("train --data rows.csv", "saved as Latin-1"),
+            "rows.csv: expected a UTF-8 text file (or UTF-16 with a byte-order mark, as Excel writes it), "
+            "got bytes that are not UTF-8 (at byte 3: …). Save it as UTF-8",
+            lambda tmp, env: _train_on(_bytes(tmp, "rows.csv", "caf\xe9,b\n1,2\n3,4\n".encode("latin-1"))),
+        ),
+        Case(
+            "csv-delimiter-not-found", "A CSV separated by none of , ; tab | space", ("train --data rows.csv", "`1:2:3`"),
+            "rows.csv, line 2: expected numbers separated by a delimiter (none of , ; tab | or space separates the first rows "
+            "alike), got one column, and '4:5:6' is not a number. Pass --csv-delimiter with the character between the values",
+            lambda tmp, env: _train_on(_text(tmp, "rows.csv", "1:2:3\n4:5:6\n7:8:9\n")),
+        ),
+        Case(
+            "csv-decimal-comma", "A CSV with decimal commas", ("train --data rows.csv", "`1,5;2,5`"),
+            "rows.csv, line 2, column 'a': expected a number, got '1,5'. Write numbers with a decimal point (1.5, not 1,5)",
+            lambda tmp, env: _train_on(_text(tmp, "rows.csv", "a;b\n1,5;2,5\n3,5;4,5\n")),
+        ),
+        Case(
+            "csv-delimiter-invalid", "A --csv-delimiter that cannot be one", "train --data rows.csv --csv-delimiter ab",
+            "csv_delimiter: expected one character that is not part of a number or a quote, or one of comma, …, got 'ab'. "
+            "For example --csv-delimiter ';' or --csv-delimiter tab.",
+            lambda tmp, env: _train_on(_text(tmp, "rows.csv", "1,2\n3,4\n"), "--csv-delimiter", "ab"),
+        ),
+        Case(
+            "csv-unknown-column", "A --columns name the file does not have", "train --data rows.csv --columns a,d",
+            "rows.csv --columns: expected columns of the file (a, b, c), or their numbers 0 to 2, got 'd'. "
+            "Name columns the file has, comma-separated",
+            lambda tmp, env: _train_on(_text(tmp, "rows.csv", "a,b,c\n1,2,3\n4,5,6\n"), "--columns", "a,d"),
+        ),
+        Case(
+            "csv-no-feature-columns", "--drop-columns that leaves no feature", "train --data rows.csv --drop-columns a,b",
+            "rows.csv columns: expected at least one feature column, got none left after --drop-columns 'a,b'. "
+            "Check --columns and --drop-columns.",
+            lambda tmp, env: _train_on(_text(tmp, "rows.csv", "a,b\n1,2\n4,5\n"), "--drop-columns", "a,b"),
+        ),
+        Case(
+            "columns-not-a-table", "--columns with a file without named columns", "train --data good.npy --columns 0",
+            "good.npy --columns: expected a CSV or Parquet file, which --columns applies to, got --columns '0' with a .npy file. "
+            "Leave --columns out for this file.",
+            lambda tmp, env: _train_on(str(env.array), "--columns", "0"),
+        ),
     ]),
     *_in("encode", [
         Case(

@@ -66,7 +66,15 @@ def _load(source: str, config: DataConfig) -> Dataset:
         mode = config.image_mode
         return load_image_folder(path, size=config.image_size, mode=mode, test_fraction=config.test_fraction)
     if path.is_file() or path.suffix.lower() in ARRAY_SUFFIXES:
-        return _from_arrays(path, read_arrays(path, key=config.key, label_column=config.label_column), config)
+        arrays = read_arrays(
+            path,
+            key=config.key,
+            label_column=config.label_column,
+            columns=config.columns,
+            drop_columns=config.drop_columns,
+            csv_delimiter=config.csv_delimiter,
+        )
+        return _from_arrays(path, arrays, config)
     raise SparseAEError(
         "--data",
         expected=f"one of {', '.join(NAMED_SOURCES)}, an array file ({' '.join(ARRAY_SUFFIXES)}) or a directory "

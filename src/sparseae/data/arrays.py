@@ -7,8 +7,8 @@ into memory. Every loader checks what it reads: numbers only, finite, one shape.
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -19,7 +19,10 @@ import torch
 from torch import Tensor
 
 from sparseae.data.stream import RowReader
+from sparseae.data.tables import read_csv, read_parquet
 from sparseae.errors import SparseAEError
+
+log = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".csv", ".parquet")
 STREAMABLE_SUFFIXES = (".npy", ".safetensors")
@@ -47,7 +50,9 @@ class NpyReader(RowReader):
 
     Reading with ``pread`` rather than through ``np.memmap`` keeps the pages read in the
     kernel's page cache instead of the process, so a streamed epoch does not grow the
-    process's memory with the file.
+    process's memory with the file. A Fortran-ordered (column-major) file holds each
+    column as a run of ``len(self)`` values: a range of rows is the same stretch of every
+    run, read run by run.
     """
 
     def __init__(self, path: Path):
@@ -67,15 +72,15 @@ class NpyReader(RowReader):
             self.offset = f.tell()
         shape, fortran, dtype = header
         _check_dtype(path, dtype)
-        if fortran and len(shape) > 1:
-            raise SparseAEError(
-                str(path),
-                expected="an array in C (row-major) order",
-                got="a Fortran-ordered array",
-                fix="Save np.ascontiguousarray(x) instead.",
-            )
         self.shape, self.dtype = _check_shape(path, tuple(shape)), dtype
         self.row_bytes = dtype.itemsize * math.prod(self.shape[1:])
+        self.fortran = bool(fortran) and math.prod(self.shape[1:]) > 1  # one value per row: the same either way
+        if self.fortran:
+            log.info(
+                "%s: a Fortran-ordered (column-major) array, read column by column; "
+                "np.save(path, np.ascontiguousarray(x)) makes it faster to read",
+                path.name,
+            )
         size = path.stat().st_size
         if size < self.offset + self.row_bytes * self.shape[0]:
             raise SparseAEError(
@@ -86,9 +91,28 @@ class NpyReader(RowReader):
             )
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        if self.fortran:
+            return self._read_fortran(start, stop)
         return _pread(self.path, self.offset + start * self.row_bytes, (stop - start) * self.row_bytes, self.dtype).reshape(
             stop - start, *self.shape[1:]
         )
+
+    def _read_fortran(self, start: int, stop: int) -> np.ndarray:
+        n, rows, item = stop - start, len(self), self.dtype.itemsize
+        runs = math.prod(self.shape[1:])  # one run of `rows` values per column
+        if 2 * n >= rows:  # the rows make half of each run or more: one read from the first row to the end
+            buf = bytearray(runs * rows * item)
+            _read_into(self.path, [(memoryview(buf)[start * item :], self.offset + start * item)])
+            values = np.frombuffer(buf, self.dtype).reshape(runs, rows)[:, start:stop]
+        else:
+            buf = bytearray(runs * n * item)
+            view, size = memoryview(buf), n * item
+            _read_into(
+                self.path, [(view[j * size : (j + 1) * size], self.offset + (j * rows + start) * item) for j in range(runs)]
+            )
+            values = np.frombuffer(buf, self.dtype).reshape(runs, n)
+        # Runs are in Fortran order of the sample's axes: reversed, they are in C order; .T puts rows first.
+        return np.ascontiguousarray(values.reshape(*self.shape[:0:-1], n).T)
 
 
 _SAFETENSORS_DTYPES = {
@@ -180,32 +204,54 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 
 def _pread(path: Path, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
     buf = bytearray(nbytes)
-    view = memoryview(buf)
+    _read_into(path, [(memoryview(buf), offset)])
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _read_into(path: Path, parts: list[tuple[memoryview, int]]) -> None:
+    """Fill each view of ``parts`` with the file's bytes from its offset on (one open of the file for all)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        done = 0
-        while done < nbytes:
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got == 0:
-                raise SparseAEError(str(path), expected=f"{nbytes} more bytes", got="end of file", fix="The file is truncated.")
-            done += got
+        for view, offset in parts:
+            _read_at(fd, path, view, offset)
     finally:
         os.close(fd)
-    return np.frombuffer(buf, dtype=dtype)
+
+
+def _read_at(fd: int, path: Path, view: memoryview, offset: int) -> None:
+    """Fill ``view`` with the bytes of the open file ``fd`` from ``offset`` on."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise SparseAEError(
+                str(path), expected=f"{len(view) - done} more bytes", got="end of file", fix="The file is truncated."
+            )
+        done += got
 
 
 # --- files loaded whole ---------------------------------------------------------------
 
 
-def read_arrays(path: Path, *, key: str | None = None, label_column: str | None = None) -> Arrays:
+def read_arrays(
+    path: Path,
+    *,
+    key: str | None = None,
+    label_column: str | None = None,
+    columns: str | None = None,
+    drop_columns: str | None = None,
+    csv_delimiter: str | None = None,
+) -> Arrays:
     """The samples (and labels) in an array file; ``.npy``/``.safetensors`` come back as readers.
 
-    Every problem with the file's contents is a :class:`SparseAEError` naming the file: the
-    specific checks below say what was wrong; anything a parser underneath raises on a
-    damaged file (zip, pickle, JSON, header errors) is reported as such.
+    ``columns``, ``drop_columns`` (CSV, Parquet) and ``csv_delimiter`` are those of
+    :class:`~sparseae.data.DataConfig`. Every problem with the file's contents is a
+    :class:`SparseAEError` naming the file: the specific checks below say what was wrong;
+    anything a parser underneath raises on a damaged file (zip, pickle, JSON, header
+    errors) is reported as such.
     """
     try:
-        return _read_arrays(path, key, label_column)
+        return _read_arrays(path, key, label_column, (columns, drop_columns, csv_delimiter))
     except SparseAEError:
         raise
     except Exception as e:  # a damaged file: the parsers underneath raise all kinds of errors
@@ -223,7 +269,7 @@ def damaged(path: Path, error: BaseException) -> SparseAEError:
     )
 
 
-def _read_arrays(path: Path, key: str | None, label_column: str | None) -> Arrays:
+def _read_arrays(path: Path, key: str | None, label_column: str | None, table: tuple[str | None, ...]) -> Arrays:
     if not path.is_file():
         raise SparseAEError(
             str(path),
@@ -234,6 +280,7 @@ def _read_arrays(path: Path, key: str | None, label_column: str | None) -> Array
     if path.stat().st_size == 0:
         raise SparseAEError(str(path), expected="a file with data", got="an empty file", fix="Write the data again.")
     suffix = path.suffix.lower()
+    _check_table_flags(path, suffix, *table)
     if suffix == ".npy":
         return _check_labels(path, Arrays(NpyReader(path)), label_column, key)
     if suffix == ".safetensors":
@@ -276,12 +323,28 @@ def _read_arrays(path: Path, key: str | None, label_column: str | None) -> Array
     if suffix in (".pt", ".pth"):
         return _from_dict(path, _torch_load(path), key, label_column)
     if suffix == ".csv":
-        return _read_csv(path, label_column)
+        return _table(path, read_csv(path, label_column, *table))
     if suffix == ".parquet":
-        return _read_parquet(path, label_column)
+        return _table(path, read_parquet(path, label_column, *table[:2]))
     raise SparseAEError(
         str(path), expected=f"a file ending in {', '.join(ARRAY_SUFFIXES)}", got=repr(suffix or path.name), fix="Convert it."
     )
+
+
+def _check_table_flags(path: Path, suffix: str, columns: str | None, drop_columns: str | None, csv_delimiter: str | None) -> None:
+    """Refuse column flags for a file without named columns, rather than ignore them."""
+    for flag, value, kinds in (
+        ("--columns", columns, {".csv": "CSV", ".parquet": "Parquet"}),
+        ("--drop-columns", drop_columns, {".csv": "CSV", ".parquet": "Parquet"}),
+        ("--csv-delimiter", csv_delimiter, {".csv": "CSV"}),
+    ):
+        if value is not None and suffix not in kinds:
+            raise SparseAEError(
+                f"{path} {flag}",
+                expected=f"a {' or '.join(kinds.values())} file, which {flag} applies to",
+                got=f"{flag} {value!r} with a {suffix or 'data'} file",
+                fix=f"Leave {flag} out for this file.",
+            )
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
@@ -443,175 +506,8 @@ def _check_labels(path: Path, arrays: Arrays, label_column: str | None, key: str
     return arrays
 
 
-def _read_csv(path: Path, label_column: str | None) -> Arrays:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM is not part of the first cell
-        rows = [row for row in csv.reader(f) if row]
-    if not rows:
-        raise SparseAEError(str(path), expected="rows of numbers", got="an empty file", fix="Write the data again.")
-    header = None if all(_is_number(v) for v in rows[0]) else [name.strip() for name in rows[0]]
-    body = rows[1:] if header else rows
-    width = len(rows[0])
-    if not body:
-        raise SparseAEError(str(path), expected="rows of numbers under the header", got="only a header", fix="Add data rows.")
-    label_index = None
-    if label_column is not None:
-        label_index = _column_index(path, header, label_column, width)
-    values = np.empty((len(body), width), dtype=np.float64)
-    for line, row in enumerate(body, start=2 if header else 1):
-        if len(row) != width:
-            raise SparseAEError(
-                f"{path}, line {line}",
-                expected=f"{width} values, as on the first line",
-                got=f"{len(row)} values",
-                fix="Every row needs the same number of columns.",
-            )
-        for column, text in enumerate(row):
-            try:
-                values[line - (2 if header else 1), column] = float(text)
-            except ValueError:
-                if column == label_index:
-                    raise SparseAEError(
-                        f"{path}, line {line}, column {_column_name(header, column)}",
-                        expected="a whole-number class label",
-                        got=repr(text),
-                        fix="Encode the classes as 0, 1, 2, ...",
-                    ) from None
-                raise SparseAEError(
-                    f"{path}, line {line}, column {_column_name(header, column)}",
-                    expected="a number",
-                    got=repr(text),
-                    fix="Drop the non-numeric columns, or name the label column with --label-column.",
-                ) from None
-    if label_index is not None:
-        labels = values[:, label_index]
-        bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
-        if len(bad):
-            raise SparseAEError(
-                f"{path}, line {int(bad[0]) + (2 if header else 1)}, column {_column_name(header, label_index)}",
-                expected="a whole-number class label",
-                got=repr(body[int(bad[0])][label_index]),
-                fix="Encode the classes as 0, 1, 2, ...",
-            )
-    return _split_label_column(path, values, label_index)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _column_index(path: Path, header: list[str] | None, name: str, width: int) -> int:
-    if header is not None and name in header:
-        return header.index(name)
-    try:
-        number = int(name)
-    except ValueError:
-        number = None
-    if number is not None and -width <= number < width:
-        return number % width
-    raise SparseAEError(
-        f"{path} --label-column",
-        expected=f"a column name ({', '.join(header)})" if header else f"a column number below {width}",
-        got=repr(name),
-        fix="Name a column the file has.",
+def _table(path: Path, table: tuple[np.ndarray, np.ndarray | None]) -> Arrays:
+    x, labels = table
+    return _check_labels(
+        path, Arrays(torch.from_numpy(x.astype(np.float32)), None if labels is None else torch.from_numpy(labels)), None, None
     )
-
-
-def _column_name(header: list[str] | None, column: int) -> str:
-    return repr(header[column]) if header else str(column)
-
-
-def _split_label_column(path: Path, values: np.ndarray, label_index: int | None) -> Arrays:
-    if label_index is None:
-        return Arrays(torch.from_numpy(values.astype(np.float32)))
-    labels = values[:, label_index]
-    x = np.delete(values, label_index, axis=1)
-    if x.shape[1] == 0:
-        raise SparseAEError(
-            str(path), expected="feature columns besides the label", got="only the label column", fix="Check the file."
-        )
-    return _check_labels(path, Arrays(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels)), None, None)
-
-
-def _read_parquet(path: Path, label_column: str | None) -> Arrays:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise SparseAEError(
-            str(path), expected="pyarrow to read Parquet", got="no pyarrow", fix="pip install 'sparseae[parquet]' (or pyarrow)."
-        ) from None
-    import pyarrow as pa
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SparseAEError(
-            str(path), expected="a Parquet file", got=f"unreadable ({e})", fix="Write it with pyarrow or pandas."
-        ) from None
-    if label_column is not None and label_column not in table.column_names:
-        raise SparseAEError(
-            f"{path} --label-column",
-            expected=f"a column name ({', '.join(table.column_names)})",
-            got=repr(label_column),
-            fix="Name a column the file has.",
-        )
-    columns, names, bad = [], [], []
-    for name in table.column_names:
-        column = table.column(name)
-        if name == label_column:
-            continue
-        kind = column.type
-        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-            # An embedding per row, stored as a list column.
-            rows = column.to_pylist()
-            lengths = {len(r) if r is not None else -1 for r in rows}
-            if len(lengths) != 1 or -1 in lengths:
-                raise SparseAEError(
-                    f"{path} column {name!r}",
-                    expected="lists of one length (an embedding per row)",
-                    got=f"lengths {sorted(lengths)[:5]}" + (" and missing rows" if -1 in lengths else ""),
-                    fix="Every row needs a vector of the same size.",
-                )
-            try:
-                columns.append(np.asarray(rows, dtype=np.float64))
-            except (TypeError, ValueError):
-                bad.append(f"{name} ({kind})")
-                continue
-            names.append(name)
-        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            if column.null_count:
-                raise SparseAEError(
-                    f"{path} column {name!r}",
-                    expected="a value in every row",
-                    got=f"{column.null_count} missing value(s)",
-                    fix="Fill or drop the rows with missing values.",
-                )
-            columns.append(column.to_numpy().astype(np.float64)[:, None])
-            names.append(name)
-        else:
-            bad.append(f"{name} ({kind})")
-    if bad:
-        raise SparseAEError(
-            str(path),
-            expected="numeric columns (or list columns of numbers)",
-            got=f"non-numeric column(s) {', '.join(bad)}",
-            fix="Drop them, or name the label column with --label-column.",
-        )
-    if not columns or table.num_rows == 0:
-        raise SparseAEError(str(path), expected="rows of numbers", got="no numeric data", fix="Check the file.")
-    x = torch.from_numpy(np.concatenate(columns, axis=1).astype(np.float32))
-    labels = None
-    if label_column is not None:
-        raw = table.column(label_column)
-        if not (pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type)) or raw.null_count:
-            raise SparseAEError(
-                f"{path} column {label_column!r}",
-                expected="whole-number class labels in every row",
-                got=f"type {raw.type}" + (f", {raw.null_count} missing" if raw.null_count else ""),
-                fix="Encode the classes as 0, 1, 2, ...",
-            )
-        labels = torch.from_numpy(raw.to_numpy().astype(np.float64))
-    return _check_labels(path, Arrays(x, labels), None, None)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sparseae.data.activations import ActivationConfig
 from sparseae.data.stream import Stream
+from sparseae.data.tables import DELIMITER_NAMES, delimiter_char
 from sparseae.errors import SparseAEError, check
 
 
@@ -40,6 +41,17 @@ class DataConfig:
     (found by itself for one array, 'x', or Keras' x_train/x_test)."""
     label_column: str | None = None
     """Labels: a CSV/Parquet column (name or number) or an array name in .npz/.safetensors/.pt."""
+    columns: str | None = None
+    """The feature columns of a CSV or Parquet file, comma-separated: names, 0-based numbers,
+    FIRST:LAST ranges (both ends included) or patterns such as 'pixel*'. All columns but the
+    label column when unset. The columns used are logged."""
+    drop_columns: str | None = None
+    """Columns of a CSV or Parquet file to leave out (an id or row-number column, text
+    columns), in the same forms as --columns."""
+    csv_delimiter: str | None = None
+    """The character between the values of a CSV file: ',', ';', '|', 'tab' or 'space' (or
+    any other one character). Found by itself when unset: the one of these that splits the
+    first rows into the same number of fields."""
     image_size: int | None = None
     """Resize images to this many pixels square (needed when a folder's images differ in size)."""
     image_mode: Literal["auto", "gray", "rgb"] = "auto"
@@ -75,6 +87,23 @@ class DataConfig:
         for name in ("patch_size", "n_patches", "shuffle_buffer"):
             value = getattr(self, name)
             check(value >= 1, name, expected="a positive integer", got=value, fix=f"Pass a positive {name}.")
+        for name in ("columns", "drop_columns"):
+            value = getattr(self, name)
+            check(
+                value is None or value.strip(" ,") != "",
+                name,
+                expected="column names or numbers, comma-separated",
+                got=repr(value),
+                fix="Name at least one column, or leave it unset.",
+            )
+        delimiter = self.csv_delimiter and delimiter_char(self.csv_delimiter)
+        check(
+            delimiter is None or len(delimiter) == 1 and not delimiter.isalnum() and delimiter not in "\r\n\"'.-+",
+            "csv_delimiter",
+            expected="one character that is not part of a number or a quote, or one of " + ", ".join(DELIMITER_NAMES),
+            got=repr(self.csv_delimiter),
+            fix="For example --csv-delimiter ';' or --csv-delimiter tab.",
+        )
         check(self.memory_limit_gb > 0, "memory_limit_gb", expected="a number > 0", got=self.memory_limit_gb, fix="Use e.g. 4.")
 
 
