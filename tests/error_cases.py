@@ -292,6 +292,49 @@ def _with_config(content: object, *command: str) -> Setup:
     return setup
 
 
+_HELD: list[object] = []
+"""Locks the cases hold until the process ends (a stand-in for another process writing there)."""
+
+
+def _locked(directory: Path) -> Path:
+    """``directory``, created and locked as a second process writing into it would hold it."""
+    from sparseae.checkpoint import RunLock
+
+    directory.mkdir()
+    _HELD.append(RunLock(directory).__enter__())  # flock: a second open of the lock file conflicts, even in this process
+    return directory
+
+
+def _small_disk(tmp: Path, *, fill: bool = False, read_only: bool = False) -> Path:
+    """A 1 MiB tmpfs mounted at ``tmp/disk`` (needs root, as CI has; the case is skipped elsewhere), filled or read-only.
+
+    It is unmounted when the process ends.
+    """
+    import atexit
+    import os
+    import subprocess
+
+    import pytest
+
+    disk = tmp / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    atexit.register(subprocess.run, ["umount", "-l", str(disk)], check=False)
+    if fill:
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, bytes(1 << 16))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    return disk
+
+
 def _data_moved(tmp: Path, env: Env) -> list[str]:
     data = _npy(tmp, "moved.npy", _floats(100, 8))
     _train(_train_on(data, "--out", str(tmp / "r")))
@@ -588,6 +631,27 @@ CASES: list[Case] = [
             "--max-latents: expected an integer >= 1, got 0. Pass a positive number.",
             lambda tmp, env: ["report", str(env.run), "--max-latents", "0"],
         ),
+        Case(
+            "run-disk-full", "A full disk when a run starts (mid-run: tests/test_disk_faults.py)",
+            ("train --out DISK/run", "a full disk"),
+            "config.json: expected room on the disk to write it, got a full disk (No space left on device). "
+            "Free space on the disk that holds …; the files written before are intact.",
+            lambda tmp, env: _train_on(str(env.array), "--out", str(_small_disk(tmp, fill=True) / "run")),
+        ),
+        Case(
+            "run-read-only", "A run directory on a read-only disk", ("train --out RO/run", "a read-only file system"),
+            "run: expected a directory this process may write to, got one it may not (Read-only file system). "
+            "Make … writable again (chmod u+w, or remount it read-write) or choose another directory",
+            lambda tmp, env: _train_on(str(env.array), "--out", str(_small_disk(tmp, read_only=True) / "run")),
+        ),
+        Case(
+            "cache-locked", "Caching activations into a directory another process is writing",
+            ("cache-activations --out DIR", "DIR locked by a running cache-activations"),
+            "expected a shard directory no other process is writing to, got one locked by pid …. "
+            "Wait for that run to finish (or stop it), or choose another directory.",
+            lambda tmp, env: ["cache-activations", "--lm-model", "gpt2", "--lm-module", "transformer.h.0",
+                              "--lm-text", str(env.array), "--out", str(_locked(tmp / "cache"))],
+        ),
     ]),
     *_in("Model files (cfg.json + model.safetensors)", [
         Case(
@@ -641,6 +705,12 @@ CASES: list[Case] = [
             ("eval RUN", "model.safetensors from torch.save"),
             "model.safetensors: expected a valid safetensors file, got an unreadable one (…). The file is damaged: re-create it.",
             _damaged("model.safetensors", _pickle_to, "eval"),
+        ),
+        Case(
+            "model-too-large", "A cfg.json asking for a model larger than memory", ("eval RUN", "cfg.json has n_latents 10^12"),
+            "cfg.json: expected a model that fits in memory (… GiB available, and loading needs twice its size), "
+            "got one of … parameters (… GiB). Check its sizes (e.g. n_latents, d_in)",
+            _eval_with_cfg(lambda c: c["config"].update(n_latents=10**12)),
         ),
     ]),
     *_in("Data", [

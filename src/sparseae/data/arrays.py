@@ -210,7 +210,16 @@ def _pread(path: Path, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
 
 def _read_into(path: Path, parts: list[tuple[memoryview, int]]) -> None:
     """Fill each view of ``parts`` with the file's bytes from its offset on (one open of the file for all)."""
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:  # a file read in place (streamed, a shard) was deleted or moved while training ran
+        raise SparseAEError(
+            str(path),
+            expected="the file to stay in place while it is read",
+            got=f"{e.strerror or e} (deleted, moved or made unreadable during the run)",
+            fix="Put it back (or write the data again) and continue with `sparseae train --resume RUN`; "
+            "the run's checkpoints are intact.",
+        ) from None
     try:
         for view, offset in parts:
             _read_at(fd, path, view, offset)
