@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import sparseae
 from sparseae import DataConfig, SparseAEError, load_data
 from sparseae.cli import main
 from sparseae.data import RowStream
@@ -351,6 +352,21 @@ def test_cli_flags_reach_the_loader(tmp_path, capsys):
     assert (out / "config.json").exists()
     assert main(["train", *argv[1:-3], "--columns", "x0,q", "--out", str(tmp_path / "bad")]) == 2
     assert "data.csv --columns: expected columns of the file" in capsys.readouterr().err
+
+
+def test_encode_reads_the_columns_the_run_was_trained_on(tmp_path, capsys):
+    """`encode --input` of a file laid out like the training data uses the run's column choice and delimiter."""
+    path = _write(tmp_path, "data.csv", WITH_ID.replace(",", ";"))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(path), "--label-column", "y", "--drop-columns", "id", "--csv-delimiter", ";",
+            "--model", "dense", "--n-latents", "8", "--k", "2", "--aux-k", "0", "--epochs", "1", "--batch-size", "4",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    codes = tmp_path / "codes.npy"
+    assert main(["encode", str(out), "--input", str(path), "--output", str(codes), "--quiet"]) == 0, capsys.readouterr().err
+    features = read_arrays(path, label_column="y", drop_columns="id", csv_delimiter=";").x
+    expected = sparseae.load(out).encode_all(features.float(), 64).numpy()
+    np.testing.assert_allclose(np.load(codes), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_cli_help_shows_the_new_flags(capsys):

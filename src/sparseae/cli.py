@@ -33,11 +33,12 @@ from sparseae.data.stream import RowReader
 from sparseae.errors import SparseAEError, check
 from sparseae.io import atomic_write, load, read_json
 from sparseae.models import build_preset, get_preset, list_presets
-from sparseae.models.presets import Preset
+from sparseae.models.presets import EXPANSION_FACTOR_DOC, Preset
 from sparseae.preprocess import STEPS
 from sparseae.report import write_comparison, write_report
 from sparseae.sparsity import build_sparsity, get_sparsity, list_sparsities
 from sparseae.training import (
+    CONFIG_FILE,
     TrainConfig,
     evaluate,
     load_run_data,
@@ -244,7 +245,12 @@ def _add_model_args(group: Any, preset: Preset) -> None:
         if f.name in preset.model.input_fields:
             continue
         default = preset.defaults.get(f.name, f.default)
-        _add_flag(group, f.name, f"model.{f.name}", hints[f.name], default, docs.get(f.name, ""))
+        if f.name == "n_latents" and preset.expansion:  # None unless given, so that a clash with --expansion-factor shows
+            _add_flag(group, f.name, f"model.{f.name}", hints[f.name], None, docs.get(f.name, ""), shown=default)
+        else:
+            _add_flag(group, f.name, f"model.{f.name}", hints[f.name], default, docs.get(f.name, ""))
+    if preset.expansion:
+        _add_flag(group, "expansion_factor", "model.expansion_factor", float | None, None, " ".join(EXPANSION_FACTOR_DOC.split()))
 
 
 def _add_sparsity_args(parser: argparse.ArgumentParser, preset: Preset, name: str) -> None:
@@ -266,7 +272,8 @@ def _add_sparsity_args(parser: argparse.ArgumentParser, preset: Preset, name: st
             ) from None
 
 
-def _add_flag(group: Any, name: str, dest: str, hint: Any, default: Any, doc: str) -> None:
+def _add_flag(group: Any, name: str, dest: str, hint: Any, default: Any, doc: str, shown: Any = None) -> None:
+    """A flag ``--name`` for a value of type ``hint``; ``shown`` is the default the help states, when not ``default``."""
     flag = f"--{name.replace('_', '-')}"
     choices = list(get_args(hint)) if get_origin(hint) is Literal else None
     group.add_argument(
@@ -276,7 +283,7 @@ def _add_flag(group: Any, name: str, dest: str, hint: Any, default: Any, doc: st
         type=_arg_type(hint, flag),
         choices=choices,
         default=default,
-        help=f"{doc} (default: {default})",
+        help=f"{doc} (default: {default if shown is None else shown})",
     )
 
 
@@ -450,7 +457,7 @@ def _train(args: argparse.Namespace) -> int:
         config, data, name = _setup(args)
         sparsity = build_sparsity(name, **_prefixed(args, "hp."))
         model = build_preset(
-            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **_prefixed(args, "model.")
+            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **_model_fields(args)
         )
         out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
         log.info("training %s with %s(%s) on %s -> %s", args.model, name, sparsity.extra_repr(), data.name, out)
@@ -468,12 +475,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     config, data, name = _setup(args)
-    hp, model_fields = _prefixed(args, "hp."), _prefixed(args, "model.")
+    hp, model_fields = _prefixed(args, "hp."), _model_fields(args)
     key = args.param.replace("-", "_")
-    if key not in hp and key not in model_fields:
+    settable = _prefixed(args, "model.")
+    if key not in hp and key not in settable:
         raise SparseAEError(
             "--param",
-            expected=f"a hyperparameter of {name} ({', '.join(hp) or 'none'}) or a model field ({', '.join(model_fields)})",
+            expected=f"a hyperparameter of {name} ({', '.join(hp) or 'none'}) or a model field ({', '.join(settable)})",
             got=repr(args.param),
             fix="Pick one of those.",
         )
@@ -510,13 +518,18 @@ def _param_type(args: argparse.Namespace, key: str, hp: dict[str, Any], name: st
     if key in hp:
         hint = _hyperparameters(name)[key][0]
     else:
-        preset = get_preset(args.model)
-        hint = typing.get_type_hints(preset.model.config_class)[key]
+        hints = typing.get_type_hints(get_preset(args.model).model.config_class)
+        hint = hints.get(key, float)  # expansion_factor: an option of the preset, not a config field
     return _arg_type(hint, "--values")
 
 
 def _prefixed(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags for build_preset; those left unset (n_latents beside --expansion-factor) take the preset's default."""
+    return {k: v for k, v in _prefixed(args, "model.").items() if v is not None}
 
 
 def _default_run_dir(model: str, sparsity: str) -> Path:
@@ -639,7 +652,8 @@ def _encode(args: argparse.Namespace) -> int:
     )
     device = pick_device(args.device)
     model = load(args.run_dir, device)
-    x = _run_data(args.run_dir, None).test if args.input is None else _read_inputs(args.input, model.input_shape)
+    x = (_run_data(args.run_dir, None).test if args.input is None
+         else _read_inputs(args.input, model.input_shape, _table_options(args.run_dir, args.input)))  # fmt: skip
     model.check_input(tuple(x.shape[1:]), str(args.input or "the run's test data"))
     out = model.encode_all(x, args.batch_size).numpy()
     buffer = io.BytesIO()
@@ -649,9 +663,22 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(path: Path, shape: tuple[int, ...]) -> Any:
+def _table_options(run_dir: Path, path: Path) -> dict[str, Any]:
+    """For a CSV/Parquet file to encode: the columns the run was trained on (its --columns, --drop-columns, label
+    column and CSV delimiter), so that the same columns are read; nothing for other files or a bare model folder."""
+    config = Path(run_dir) / CONFIG_FILE
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet") or not config.is_file():
+        return {}
+    run = read_json(config)
+    data = run.get("data") if isinstance(run, dict) else None
+    names = ("columns", "drop_columns", "label_column") + (("csv_delimiter",) if suffix == ".csv" else ())
+    return {name: data[name] for name in names if isinstance(data, dict) and data.get(name) is not None}
+
+
+def _read_inputs(path: Path, shape: tuple[int, ...], options: dict[str, Any] | None = None) -> Any:
     """Inputs to encode from an array file (any format `train --data` reads), reshaped to the model's input shape."""
-    arrays = read_arrays(path)
+    arrays = read_arrays(path, **(options or {}))
     if isinstance(arrays.x, RowReader):
         eight_bit = arrays.x.read(0, 1).dtype == np.uint8
         x = RowStream(arrays.x)[:]
