@@ -8,7 +8,6 @@ import re
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +51,8 @@ class Server:
     port: int
     routes: dict[str, bytes | str] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+    """Set when the test ends: a stalled response stays silent until then, however slow the machine."""
 
     def url(self, prefix: str) -> str:
         return f"http://127.0.0.1:{self.port}/{prefix}/"
@@ -82,7 +83,7 @@ def server() -> Iterator[Server]:
             if body == "stall":  # headers and a few bytes, then silence: the client's read times out
                 self.wfile.write(full[:10])
                 self.wfile.flush()
-                time.sleep(1.0)
+                state.released.wait(600)  # not a sleep: a loaded machine could outlast any fixed silence
             elif body == "reset":  # half the body, then a TCP reset instead of a clean close
                 self.wfile.write(full[: len(full) // 2])
                 self.wfile.flush()
@@ -102,6 +103,7 @@ def server() -> Iterator[Server]:
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield state
+    state.released.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -186,13 +188,20 @@ def test_dropped_connection_falls_back_to_the_next_mirror(server, monkeypatch, t
 
 
 @pytest.mark.parametrize(
-    "mode, message",
-    [("drop", r"connection dropped after \d+ of \d+ bytes"), ("reset", r"connection dropped"), ("stall", r"timed out")],
+    "mode, message, timeout",
+    [
+        # The server answers at once and then drops: a timeout would only hide a slow server thread, so
+        # it is a safety deadline here. Only the stall is ended by the client's timeout (the server stays
+        # silent until the test ends), so a short one is safe however busy the machine is.
+        ("drop", r"connection dropped after \d+ of \d+ bytes", 600),
+        ("reset", r"connection dropped", 600),
+        ("stall", r"timed out", 0.3),
+    ],
 )
-def test_dropped_connection_with_no_other_mirror_keeps_nothing(server, tmp_path, mode, message):
+def test_dropped_connection_with_no_other_mirror_keeps_nothing(server, tmp_path, mode, message, timeout):
     server.routes["/a/big.gz"] = mode
     with pytest.raises(dl.DownloadError, match=message):
-        dl.download(server.url("a") + "big.gz", tmp_path / "big.gz", sha256="0" * 64, progress=False, timeout=0.3)
+        dl.download(server.url("a") + "big.gz", tmp_path / "big.gz", sha256="0" * 64, progress=False, timeout=timeout)
     assert leftovers(tmp_path) == []
 
 
