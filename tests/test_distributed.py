@@ -20,6 +20,10 @@ TOLERANCE = 1e-5
 """Largest weight difference allowed: the ranks' gradients are summed in another order than one
 process sums its batch, so the two runs agree to float32 rounding, not bit for bit."""
 
+HANG = 600
+"""Seconds after which a run counts as hung: a deadline against a deadlock, not a speed limit, so it
+lies far beyond any run here on a loaded machine (`make test-loaded`)."""
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
@@ -46,11 +50,11 @@ def run(argv: list[str], processes: int, cwd: Path) -> None:
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        _, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=HANG)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not finish in 300 s:\n{err[-3000:]}")
+        pytest.fail(f"{' '.join(cmd)} did not finish in {HANG} s:\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
 
 
