@@ -6,6 +6,7 @@ fields it reads off the data, and its usual sparsity constraint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,13 @@ class Preset:
     train_defaults: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields this model is usually trained with (the CLI's defaults)."""
     doc: str = ""
+    expansion: bool = False
+    """Whether the code size may be given as a multiple of the input width (``expansion_factor``)."""
+
+
+EXPANSION_FACTOR_DOC = """Latents as a multiple of the input width: n_latents = round(F * d_in), e.g. 8 on
+768-wide activations gives 6,144; instead of --n-latents."""
+"""The help of ``expansion_factor`` (``--expansion-factor``), an option of the presets with ``expansion``."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -56,14 +64,14 @@ PRESETS: dict[str, Preset] = {
         DenseAutoencoder, lambda shape: {"input_shape": tuple(shape)}, "topk", {"k": 32},
         defaults={"aux_k": 256},
         train_defaults={"optimizer": "adam", "adam_eps": 1e-8},
-        doc="Dictionary-learning SAE: pre-encoder bias, unit-norm decoder, tied init, TopK, AuxK.",
+        doc="Dictionary-learning SAE: pre-encoder bias, unit-norm decoder, tied init, TopK, AuxK.", expansion=True,
     ),
     "classic": Preset(
         DenseAutoencoder, lambda shape: {"input_shape": tuple(shape)}, "kl", {"rho": 0.1, "beta": 3.0},
         defaults={"n_latents": 196, "pre_bias": "none", "unit_norm_decoder": False, "tied_init": False,
                   "weight_decay": 3e-3, "output_activation": "sigmoid"},
         train_defaults={"loss": "half_sse", "lr": 3e-3},
-        doc="Ng's sparse autoencoder (CS294A): sigmoid units, KL sparsity, weight decay; 784-196 for MNIST.",
+        doc="Ng's sparse autoencoder (CS294A): sigmoid units, KL sparsity, weight decay; 784-196 for MNIST.", expansion=True,
     ),
 }  # fmt: skip
 
@@ -93,6 +101,7 @@ def build_preset(
     sparsity: Sparsity | None = None,
     seed: int | None = None,
     preprocess: str | tuple[str, ...] | None = None,
+    expansion_factor: float | None = None,
     **config: Any,
 ) -> Autoencoder:
     """The preset ``name`` for samples of ``sample_shape``, initialised from ``seed`` if given.
@@ -101,14 +110,44 @@ def build_preset(
         sparsity: The constraint on the code (default: the preset's own).
         preprocess: Input preprocessing steps fitted before training, e.g. ``"norm"``
             (see :mod:`sparseae.preprocess`).
+        expansion_factor: The code size as a multiple of the input width,
+            ``n_latents = round(expansion_factor * prod(sample_shape))`` (dense and
+            classic); give it or ``n_latents``, not both.
         **config: Overrides of the model's config fields, e.g. ``n_latents=4096``.
     """
     preset = get_preset(name)
+    if expansion_factor is not None:
+        config = {**config, "n_latents": _expanded(name, preset, sample_shape, expansion_factor, config.get("n_latents"))}
     if sparsity is None:
         sparsity = build_sparsity(preset.sparsity, **preset.sparsity_params)
     fields = {**preset.defaults, **config, **preset.data_fields(tuple(sample_shape))}
     with seeded(seed):
         return preset.model(preset.model.config_class(**fields), sparsity, preprocess)
+
+
+def _expanded(name: str, preset: Preset, sample_shape: tuple[int, ...], factor: float, n_latents: int | None) -> int:
+    """``n_latents`` for ``expansion_factor=factor``, refusing a second code size and factors that give no latent."""
+    if not preset.expansion:
+        with_it = ", ".join(k for k, p in PRESETS.items() if p.expansion)
+        raise SparseAEError("expansion_factor", expected=f"a model with a dense code ({with_it})", got=f"model {name!r}",
+                            fix="Set its n_latents (--n-latents) instead.")  # fmt: skip
+    if n_latents is not None:
+        raise SparseAEError(
+            "expansion_factor and n_latents",
+            expected="one of them",
+            got=f"both (expansion_factor={factor:g}, n_latents={n_latents})",
+            fix="Pass one: n_latents (--n-latents) is the code size, expansion_factor (--expansion-factor) makes it "
+            "that multiple of the input width.",
+        )
+    width = math.prod(sample_shape)
+    if not 0 < factor < math.inf or round(factor * width) < 1:
+        raise SparseAEError(
+            "expansion_factor",
+            expected="a finite number > 0 that gives at least one latent",
+            got=f"{factor:g} (times {width} input values: {factor * width:g} latents)",
+            fix="For example 4 to 32 for language-model activations.",
+        )
+    return round(factor * width)
 
 
 def mnist_conv(weight: float = 1e-4, *, seed: int | None = 0, sparsity: Sparsity | None = None, **config: Any) -> ConvAutoencoder:
