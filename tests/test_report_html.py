@@ -68,6 +68,10 @@ def _chromium():
                  "--disable-component-update", "--disable-sync", "--window-size=1200,2400"):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # Deadlines against a hang only, far beyond a loaded machine: chromedriver's own are 60 s for the
+    # browser to start, 300 s for a page, 30 s for a script.
+    options.add_experimental_option("browserStartupTimeout", 600_000)
+    options.timeouts = {"pageLoad": 600_000, "script": 600_000}
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
