@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make train   create .venv, install sparseae, train the MNIST model (3 epochs, seed 1)
 #   make test    create .venv, install sparseae with test tools, run every test
+# and, not part of CI:
+#   make test-loaded   the same tests while two busy loops hold both cores (a loaded CI machine)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +11,7 @@ EPOCHS ?= 3
 # Seed 1 is a typical seed; seed 0 loses 27-28 of 32 code units in Keras and here alike (README, Measured).
 SEED   ?= 1
 
-.PHONY: train test lint clean chromium bench
+.PHONY: train test test-loaded lint clean chromium bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +24,18 @@ train: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks examples docs/hooks
 	$(BIN)/python -m pytest
+
+# The suite on a loaded machine: LOAD busy loops (default 2, one per core here) run beside the
+# same pytest command; the trap ends them however pytest ends (pass, fail, Ctrl-C). No test may
+# fail for being slow: they wait for states, not for time. PYTEST_ARGS narrows the run, e.g.
+#   make test-loaded PYTEST_ARGS='tests/test_robustness.py -k sigkill'
+LOAD ?= 2
+PYTEST_ARGS ?=
+test-loaded: $(STAMP) chromium
+	@pids=; trap 'kill $$pids 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	for i in $$(seq $(LOAD)); do $(PYTHON) -c 'while True: pass' 2>/dev/null & pids="$$pids $$!"; done; \
+	echo "test-loaded: $(LOAD) busy loops (pids$$pids) beside pytest"; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The browser test drives Debian's chromium through chromedriver. As root with
 # apt-get (CI, these project machines) it is installed here; elsewhere install
