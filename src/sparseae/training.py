@@ -4,6 +4,7 @@ A run directory holds::
 
     config.json             model, training and data settings (enough to resume)
     metrics.jsonl           one JSON line per epoch
+    metrics-steps.jsonl     one JSON line per --metrics-every steps (when set)
     checkpoint.safetensors  model + optimizer + RNG state after the last finished epoch (or --checkpoint-every step)
     checkpoint-prev.safetensors  the one before, used when the latest is damaged
     model.safetensors       the latest model, with cfg.json: ``sparseae.load(RUN)``
@@ -30,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import sparseae
-from sparseae import checkpoint, distributed, kernels, runtime
+from sparseae import checkpoint, distributed, kernels, runtime, step_metrics
 from sparseae._config import from_dict, to_dict
 from sparseae.checkpoint import RunLock
 from sparseae.data import DataConfig, Dataset, Stream, load_data
@@ -40,6 +41,8 @@ from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
 from sparseae.report import image_grid, save_image_grid
 from sparseae.report.features import feature_tiles
+from sparseae.schedules import lr_at, penalty_scale_at
+from sparseae.step_metrics import STEP_METRICS_FILE, StepWindow, read_step_metrics
 
 log = logging.getLogger("sparseae")
 
@@ -92,6 +95,27 @@ class TrainConfig:
     kernels: Literal["auto", "reference"] = "auto"
     """'auto': the fast paths (sparse TopK encoder backward and decoder, fused Adam);
     'reference': plain PyTorch operations, for checking them."""
+    lr_warmup: int = 0
+    """Warm the learning rate up linearly over the first N optimizer steps: step s uses
+    lr * s / N (SAELens' lr_warm_up_steps); 0: the full rate from the first step."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Decay the learning rate over the last --lr-decay-fraction of the run's steps,
+    linearly or along a cosine (torch's CosineAnnealingLR), towards --lr-decay-to x lr."""
+    lr_decay_fraction: float = 0.2
+    """The share of the run's steps, at its end, that --lr-decay spans (in (0, 1])."""
+    lr_decay_to: float = 0.0
+    """Where --lr-decay ends, as a fraction of --lr (0: towards zero; reached just after the last step)."""
+    l1_warmup: int = 0
+    """Ramp the sparsity penalty's weight linearly from 1/N of its value at step 1 to all of it
+    at step N (SAELens' l1_warm_up_steps); for any constraint with a penalty (l1, kl, jumprelu's
+    L0 term, ...); 0: the full penalty from the first step."""
+    grad_clip: float | None = None
+    """Scale the gradients down so that their global L2 norm is at most this, before each
+    optimizer step (torch.nn.utils.clip_grad_norm_); unset: no clipping."""
+    metrics_every: int | None = None
+    """Also write one line to RUN/metrics-steps.jsonl every N optimizer steps: lr, the training
+    loss terms and L0 averaged over those steps, latents dead in them, samples/s (and to
+    TensorBoard, and the progress bar); unset: per-epoch metrics only."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -117,6 +141,37 @@ class TrainConfig:
         for name in ("lr", "adam_eps"):
             value = getattr(self, name)
             check(0 < value < math.inf, name, expected="a finite number > 0", got=value, fix=f"Pass a positive {name}.")
+        for name in ("lr_warmup", "l1_warmup"):
+            value = getattr(self, name)
+            check(value >= 0, name, expected="a number of steps >= 0", got=value, fix="0 switches the warm-up off.")
+        check(
+            0 < self.lr_decay_fraction <= 1,
+            "lr_decay_fraction",
+            expected="a fraction of the run in (0, 1]",
+            got=self.lr_decay_fraction,
+            fix="For example 0.2: the last fifth of the steps.",
+        )
+        check(
+            0 <= self.lr_decay_to <= 1,
+            "lr_decay_to",
+            expected="a fraction of lr in [0, 1]",
+            got=self.lr_decay_to,
+            fix="0 decays towards zero, 0.1 towards a tenth of lr.",
+        )
+        check(
+            self.grad_clip is None or 0 < self.grad_clip < math.inf,
+            "grad_clip",
+            expected="a finite number > 0, or unset",
+            got=self.grad_clip,
+            fix="Leave it unset to not clip.",
+        )
+        check(
+            self.metrics_every is None or self.metrics_every >= 1,
+            "metrics_every",
+            expected="an integer >= 1, or unset",
+            got=self.metrics_every,
+            fix="Leave it unset for per-epoch metrics only.",
+        )
 
 
 class TrainResult(NamedTuple):
@@ -407,6 +462,8 @@ class _Job:
             self.forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         self.history: list[dict[str, Any]] = []
         self.bad_in_row = self.first_bad = 0
+        self.total_steps = 0  # the run's length, which the learning-rate schedule needs; set by _run
+        self.window = StepWindow(model.n_latents, device) if config.metrics_every else None
         self.writer = _tensorboard_writer(run_dir / "tensorboard") if config.tensorboard and run_dir is not None else None
 
     def begin_epoch(self) -> None:
@@ -427,7 +484,9 @@ class _Job:
         with self.autocast:
             out = self.forward(x)
         recon = reconstruction_loss(self.config.loss, out.recon.float(), out.target)
-        loss = recon + out.penalty + out.aux
+        scale = penalty_scale_at(step, self.config)
+        penalty = out.penalty if scale == 1.0 else out.penalty * scale
+        loss = recon + penalty + out.aux
         optimizer.zero_grad(set_to_none=True)
         if distributed.active():
             # Each rank's loss is a mean over its rows; weighted by its share of the global
@@ -439,17 +498,28 @@ class _Job:
             loss.backward()
         if self.config.max_bad_steps and not self._finite(loss):
             self._bad_step(step)
+            if self.window is not None:
+                self.window.skipped += 1
             optimizer.zero_grad(set_to_none=True)
             self.busy += time.perf_counter() - start
             return loss, out.code
         self.bad_in_row = 0
         model.before_step()
+        if self.config.grad_clip is not None:  # after before_step: the optimizer sees at most grad_clip
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        lr = lr_at(step, self.total_steps, self.config)  # a function of the step alone: a resumed run gets the same rates
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         with self.transposed:
             optimizer.step()
         model.after_step()
-        self.sums += torch.stack([loss, recon, out.penalty, out.aux]).detach() * len(x)
+        terms = torch.stack([loss, recon, penalty, out.aux]).detach()
+        self.sums += terms * len(x)
         self.seen += len(x)
-        self.fired |= kernels.fired(out.code)
+        fired = kernels.fired(out.code)
+        self.fired |= fired
+        if self.window is not None:
+            self.window.add(terms, out.code, fired)
         self.busy += time.perf_counter() - start
         return loss, out.code
 
@@ -540,6 +610,19 @@ class _Job:
                 self.writer.add_image("features", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
             self.writer.flush()
 
+    def write_steps(self, step: int, epoch: int) -> dict[str, Any]:
+        """The --metrics-every line of the steps up to ``step`` (in epoch ``epoch``, 1-based): appended to
+        ``metrics-steps.jsonl`` (before any checkpoint of that step, as epochs' records are) and TensorBoard."""
+        assert self.window is not None
+        record = self.window.line(step, epoch, lr_at(step, self.total_steps, self.config))
+        if self.run_dir is not None:
+            append_text(self.run_dir / STEP_METRICS_FILE, json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step") and value is not None:
+                    self.writer.add_scalar(f"steps/{key}", value, step)
+        return record
+
     def save_checkpoint(self, epoch: int, batch: int, step: int) -> None:
         """Checkpoint after ``batch`` batches of epoch ``epoch`` (0-based; batch 0: the epoch's start), at global ``step``."""
         assert self.run_dir is not None
@@ -553,6 +636,8 @@ class _Job:
         tensors["rng.cpu"] = torch.get_rng_state()
         if batch:
             tensors.update({f"epoch.{k}": v for k, v in self.state().items()})
+        if self.window is not None:  # a window of --metrics-every runs across checkpoints and epochs
+            tensors.update({f"steps.{k}": v for k, v in self.window.state().items()})
         meta = {"epoch": epoch, "batch": batch, "step": step, "param_groups": opt["param_groups"]}
         return tensors, meta
 
@@ -572,6 +657,8 @@ class _Job:
                     saved[name] = torch.empty_like(param).copy_(value)
         torch.set_rng_state(tensors["rng.cpu"])
         self.resume_state = {k[6:]: v for k, v in tensors.items() if k.startswith("epoch.")}
+        if self.window is not None:
+            self.window.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("steps.")})
         return meta["epoch"], meta.get("batch", 0), meta["step"]
 
     def result(self) -> TrainResult:
@@ -608,6 +695,9 @@ def _fit(
         if run_dir is not None:
             job.history = [r for r in read_metrics(run_dir) if r["step"] <= step]
             atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
+            if (run_dir / STEP_METRICS_FILE).exists():  # lines after the checkpoint are written again
+                lines = [r for r in read_step_metrics(run_dir) if r["step"] <= step]
+                atomic_write(run_dir / STEP_METRICS_FILE, "".join(json.dumps(r) + "\n" for r in lines).encode())
         log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch, step)
     with _saying_what_is_saved([job]):
         _run([job], data, config, progress=progress, epoch=epoch, batch=batch, step=step, prepare=state is None)
@@ -656,6 +746,8 @@ def _run(
     if step >= total_steps:
         log.info("training had already finished (%d steps)", step)
         return
+    for job in jobs:
+        job.total_steps = total_steps
     if prepare:
         torch.manual_seed(config.seed)
         if isinstance(data.train, Stream):
@@ -668,6 +760,9 @@ def _run(
             sample = sample[finite]
         for job in jobs:
             job.model.initialise(sample)
+    for job in jobs:
+        if job.window is not None:
+            job.window.since = time.perf_counter()  # samples/s of training, not of the initialisation
     while step < total_steps:
         batches = _epoch_batches(data.train, config.batch_size, config.seed, epoch, start=batch, part=distributed.part())
         epoch_steps = min(steps_per_epoch - batch, total_steps - step)
@@ -688,7 +783,11 @@ def _run(
             outcomes = [job.step(x, step + taken + 1) for job in jobs]
             taken += 1
             bar.update()
-            if progress and (i % 25 == 0 or i == epoch_steps - 1):
+            if config.metrics_every and (step + taken) % config.metrics_every == 0:
+                lines = [job.write_steps(step + taken, epoch + 1) for job in jobs]
+                if progress:
+                    bar.set_postfix(step_metrics.postfix(lines))
+            elif progress and not config.metrics_every and (i % 25 == 0 or i == epoch_steps - 1):
                 if len(jobs) == 1:
                     bar.set_postfix(jobs[0].postfix(*outcomes[0]))
                 else:
