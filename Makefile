@@ -51,6 +51,7 @@ chromium:
 # Writes benchmarks/results/speed.{json,md}. Run it on an otherwise idle machine.
 bench:
 	$(PYTHON) benchmarks/speed/suite.py
+	$(PYTHON) benchmarks/real/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples docs/hooks

@@ -31,7 +31,12 @@ threads, steps, warmup, step_s, rows_per_s, fvu, dead_fraction, l0, peak_rss_mb,
 notes) plus auxk_active_steps (steps whose returned AuxK loss was nonzero, i.e.
 some latent counted as dead; null when the step returns None) and
 dead_window_steps. Two optional config keys beyond the suite's: aux_k_coef
-(1/32) and dead_window_steps (1; null for each library's own default).
+(1/32) and dead_window_steps (1; null for each library's own default). Three
+more for benchmarks/real: cycle (false; true: the steps go round train.npy
+again, epoch after epoch, in the same order), curve_every (null; N: every N
+steps and after the last, FVU on the first curve_rows held-out rows, with the
+training seconds so far, in RESULT.json's "curve"; evaluation time is not
+counted) and curve_rows (4096).
 
 Timing: each step is `time.perf_counter()` around `step(x)` only (the batch
 slice is read from the memory-mapped train.npy and copied to a tensor before
@@ -54,7 +59,8 @@ import numpy as np
 import torch
 
 DEFAULTS = {"d_in": 768, "n_latents": 16_384, "k": 32, "batch_size": 4096, "steps": 40, "warmup": 3, "lr": 5e-4, "seed": 0,
-            "threads": 2, "precision": "float32", "aux_k_coef": 1 / 32, "dead_window_steps": 1}  # fmt: skip
+            "threads": 2, "precision": "float32", "aux_k_coef": 1 / 32, "dead_window_steps": 1, "cycle": False,
+            "curve_every": None, "curve_rows": 4096}  # fmt: skip
 EVAL_BATCH = 4096
 
 Codes = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -88,6 +94,12 @@ class Config:
     """A latent is dead (AuxK target) after firing in none of the last dead_window_steps + 1 batches.
     Each library's own default (sparsify 10M tokens, SAELens 1000 steps) never triggers in a
     40-step run, so the benchmark uses 1 for both; null means the library's own default."""
+    cycle: bool
+    """Go round train.npy again when the steps need more rows than it has (epochs, in the same row order)."""
+    curve_every: int | None
+    """Every this many steps (and after the last), held-out FVU on the first curve_rows rows; null: none."""
+    curve_rows: int
+    """Held-out rows for the curve (the final evaluation uses them all)."""
     extra: dict = field(default_factory=dict)
     """Keys beyond these, for the one worker that reads them (e.g. sparseae's "kernels")."""
 
@@ -171,20 +183,28 @@ def run(contender: str, version: str, build: Callable[[Config], Worker], argv: l
     torch.manual_seed(cfg.seed)
     train = np.load(cfg.train, mmap_mode="r")
     test = np.load(cfg.test, mmap_mode="r")
-    need = cfg.steps * cfg.batch_size
+    need = cfg.batch_size if cfg.cycle else cfg.steps * cfg.batch_size
     if train.ndim != 2 or train.shape[1] != cfg.d_in or train.shape[0] < need:
-        raise SystemExit(f"{cfg.train}: expected at least ({need}, {cfg.d_in}) rows for {cfg.steps} steps, got {train.shape}")
+        raise SystemExit(
+            f"{cfg.train}: expected at least ({need}, {cfg.d_in}) rows for {cfg.steps} steps, got {train.shape}"
+            + ("" if cfg.cycle else "; set cycle to go round it more than once")
+        )
     if test.ndim != 2 or test.shape[1] != cfg.d_in:
         raise SystemExit(f"{cfg.test}: expected (M, {cfg.d_in}), got {test.shape}")
 
     worker = build(cfg)
     step_s: list[float] = []
     aux: list[torch.Tensor | None] = []
+    curve: list[dict] = []
+    usable = train.shape[0] - train.shape[0] % cfg.batch_size  # whole batches only, when cycling
     for i in range(cfg.steps):
-        x = batch(train, i * cfg.batch_size, cfg.batch_size)  # (B, d_in)
+        x = batch(train, i * cfg.batch_size % usable if cfg.cycle else i * cfg.batch_size, cfg.batch_size)  # (B, d_in)
         t0 = time.perf_counter()
         aux.append(worker.step(x))
         step_s.append(time.perf_counter() - t0)
+        if cfg.curve_every and ((i + 1) % cfg.curve_every == 0 or i + 1 == cfg.steps):
+            point = evaluate(worker.encode_decode, test[: cfg.curve_rows], cfg.n_latents)
+            curve.append({"step": i + 1, "train_s": sum(step_s), **point})
     timed = sum(step_s[cfg.warmup :])
     aux_values = [float(a) for a in aux if a is not None]
 
@@ -204,6 +224,7 @@ def run(contender: str, version: str, build: Callable[[Config], Worker], argv: l
         "notes": worker.notes,
         "auxk_active_steps": sum(v != 0 for v in aux_values) if aux_values else None,
         "dead_window_steps": cfg.dead_window_steps,
+        **({"curve": curve, "curve_rows": min(cfg.curve_rows, len(test))} if cfg.curve_every else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

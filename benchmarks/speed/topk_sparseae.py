@@ -46,8 +46,10 @@ def build(cfg: Config) -> Worker:
 
     @torch.no_grad()
     def encode_decode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        was = model.training  # topk_common's curve evaluates mid-run: training resumes after
         model.eval()
         out = model(x)
+        model.train(was)
         return out.recon, out.code
 
     notes = (f"sparseae._Job.step (the trainer's step), kernels={kernels}, precision={cfg.precision}; "
