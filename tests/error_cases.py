@@ -475,6 +475,40 @@ CASES: list[Case] = [
             "preprocess: expected each step once, got center,center. Drop the repeat.",
             lambda tmp, env: _train_on(str(env.array), "--preprocess", "center,center"),
         ),
+        Case(
+            "flag-expansion-factor-and-n-latents", "Two code sizes", "train --model dense --n-latents 16 --expansion-factor 4",
+            "expansion_factor and n_latents: expected one of them, got both (expansion_factor=4, n_latents=16). "
+            "Pass one: n_latents (--n-latents) is the code size, expansion_factor (--expansion-factor) makes it",
+            lambda tmp, env: _train_on(str(env.array), "--expansion-factor", "4"),
+        ),
+        Case(
+            "flag-expansion-factor-too-small", "An expansion factor that leaves no latent",
+            ("train --model dense --expansion-factor 0.01", "8 features"),
+            "expansion_factor: expected a finite number > 0 that gives at least one latent, got 0.01 "
+            "(times 8 input values: 0.08 latents).",
+            lambda tmp, env: ["train", "--model", "dense", "--k", "4", "--data", str(env.array), *TINY,
+                              "--expansion-factor", "0.01"],
+        ),
+        Case(
+            "flag-lr-warmup-negative", "A negative warm-up", "train --lr-warmup -10",
+            "lr_warmup: expected a number of steps >= 0, got -10. 0 switches the warm-up off.",
+            lambda tmp, env: ["train", "--lr-warmup", "-10"],
+        ),
+        Case(
+            "flag-lr-decay-fraction", "A decay longer than the run", "train --lr-decay linear --lr-decay-fraction 1.5",
+            "lr_decay_fraction: expected a fraction of the run in (0, 1], got 1.5. For example 0.2: the last fifth of the steps.",
+            lambda tmp, env: ["train", "--lr-decay", "linear", "--lr-decay-fraction", "1.5"],
+        ),
+        Case(
+            "flag-grad-clip-zero", "Gradients clipped to 0", "train --grad-clip 0",
+            "grad_clip: expected a finite number > 0, or unset, got 0.0. Leave it unset to not clip.",
+            lambda tmp, env: ["train", "--grad-clip", "0"],
+        ),
+        Case(
+            "flag-metrics-every-zero", "Metrics every 0 steps", "train --metrics-every 0",
+            "metrics_every: expected an integer >= 1, or unset, got 0. Leave it unset for per-epoch metrics only.",
+            lambda tmp, env: ["train", "--metrics-every", "0"],
+        ),
     ]),
     *_in("Config files (`--config FILE.json`)", [
         Case(
