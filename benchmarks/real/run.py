@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -56,8 +55,6 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(BENCH / "speed"))
 import suite  # noqa: E402 - benchmarks/speed/suite.py: environments, workers, logging (standard library only)
-
-from machine import cpu_name  # noqa: E402 - benchmarks/machine.py
 
 D_IN, N_LATENTS, BATCH = 384, 6144, 4096
 SHORT_STEPS, LONG_STEPS = 256, 2048
@@ -338,15 +335,7 @@ def main() -> None:
     data.update(
         command=" ".join(["python", "benchmarks/real/run.py", *sys.argv[1:]]),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        machine={
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "git": suite.git_state(),
-            "load_before": suite.loadavg(),
-        },  # fmt: skip
+        machine=suite.machine(args.threads),
         data={k: v for k, v in made.items() if k != "cached"},
         peer_dead_window=args.peer_dead_window,
         envs=data.get("envs", {}),

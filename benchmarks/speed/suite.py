@@ -578,6 +578,12 @@ def markdown(data: dict) -> str:
 # ---------------------------------------------------------------- main
 
 
+def machine(threads: int) -> dict:
+    """The machine a run measures on: CPU, cores, threads used, Python, platform, git state, load before the run."""
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "platform": platform.platform(), "git": git_state(), "load_before": loadavg()}  # fmt: skip
+
+
 def git_state() -> str:
     head = run_quiet(["git", "rev-parse", "--short", "HEAD"]).stdout.strip() or "?"
     dirty = run_quiet(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
@@ -633,15 +639,7 @@ def main() -> None:
     data.update(
         command=" ".join(["python", "benchmarks/speed/suite.py", *sys.argv[1:]]),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        machine={
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "git": git_state(),
-            "load_before": loadavg(),
-        },  # fmt: skip
+        machine=machine(args.threads),
         envs=data.get("envs", {}),
     )
 
