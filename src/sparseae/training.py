@@ -693,15 +693,20 @@ def _fit(
     if state is not None:
         epoch, batch, step = job.load_checkpoint(*state)
         if run_dir is not None:
-            job.history = [r for r in read_metrics(run_dir) if r["step"] <= step]
-            atomic_write(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in job.history).encode())
-            if (run_dir / STEP_METRICS_FILE).exists():  # lines after the checkpoint are written again
-                lines = [r for r in read_step_metrics(run_dir) if r["step"] <= step]
-                atomic_write(run_dir / STEP_METRICS_FILE, "".join(json.dumps(r) + "\n" for r in lines).encode())
+            job.history = _keep_until(run_dir / METRICS_FILE, read_metrics(run_dir), step)
+            if (run_dir / STEP_METRICS_FILE).exists():
+                _keep_until(run_dir / STEP_METRICS_FILE, read_step_metrics(run_dir), step)
         log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch, step)
     with _saying_what_is_saved([job]):
         _run([job], data, config, progress=progress, epoch=epoch, batch=batch, step=step, prepare=state is None)
     return job.result()
+
+
+def _keep_until(path: Path, records: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+    """Rewrite ``path`` with the ``records`` of steps up to ``step`` (a resume writes the later ones again); returns them."""
+    kept = [r for r in records if r["step"] <= step]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return kept
 
 
 class Interrupted(KeyboardInterrupt):
