@@ -26,8 +26,9 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 # The suite on a loaded machine: LOAD busy loops (default 2, one per core here) run beside the
-# same pytest command; the trap ends them however pytest ends (pass, fail, Ctrl-C). No test may
-# fail for being slow: they wait for states, not for time. PYTEST_ARGS narrows the run, e.g.
+# same pytest command, about 25 minutes on 2 cores; the trap ends them however pytest ends (pass,
+# fail, Ctrl-C). No test may fail for being slow: they wait for states, not for time.
+# PYTEST_ARGS narrows the run, e.g.
 #   make test-loaded PYTEST_ARGS='tests/test_robustness.py -k sigkill'
 LOAD ?= 2
 PYTEST_ARGS ?=
