@@ -46,7 +46,7 @@ import os
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -70,12 +70,9 @@ def sparsify_default_lr(n_latents: int) -> float:
 
 
 @dataclass(frozen=True)
-class Contender:
-    name: str
-    worker: str
-    """A path under benchmarks/ (the speed workers are in speed/)."""
-    env: str
-    overrides: dict = field(default_factory=dict)
+class Contender(suite.Contender):
+    """The speed suite's contender, its worker a path under benchmarks/ (the speed workers are in speed/), and its rate."""
+
     lr: str | None = None
     """'default' or the rate as given, for the peers; None for sparseae (its own defaults)."""
 
