@@ -21,7 +21,6 @@ import sparseae
 from sparseae.report.html import comparison_rows, frontier_chart, write_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
-ADAM = {"optimizer": "adam", "adam_eps": 1e-8}
 FAMILIES = {  # constraint: (hyperparameter, values aimed at L0 ~ 10, 25, 50; other hyperparameters; training overrides)
     "topk": ("k", [10, 25, 50], {}, {}),
     "batchtopk": ("k", [10, 25, 50], {}, {}),
@@ -49,7 +48,7 @@ def main() -> None:
             )
             for v in values
         }
-        config = sparseae.TrainConfig(epochs=args.epochs, **{**ADAM, **train})
+        config = sparseae.TrainConfig.for_preset("dense", epochs=args.epochs, **train)  # what `--model dense` trains with
         start = time.perf_counter()
         sparseae.sweep(models, data, config, args.out, progress=False)
         print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
@@ -61,7 +60,12 @@ def main() -> None:
     rows = comparison_rows(runs)
     (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
     (ROOT / "docs" / "images" / "mnist-frontier.svg").write_text(frontier_chart(rows))
-    head = f"Dense SAE, 512 latents, full MNIST, {args.epochs} epochs, Adam lr 1e-3 (JumpReLU 1e-2), batch 128, seed 0."
+    recipe, window = sparseae.TrainConfig.for_preset("dense"), sparseae.build_preset("dense", (1,)).config.dead_window
+    head = (
+        f"Dense SAE, 512 latents, full MNIST, {args.epochs} epochs, batch {recipe.batch_size}, seed 0, the dense preset's "
+        f"training: Adam lr {recipe.lr:g} (JumpReLU 1e-2), {recipe.lr_decay} decay over the last "
+        f"{recipe.lr_decay_fraction:.0%} of the steps, AuxK dead window {window:,} samples."
+    )
     lines = [head, "", "| constraint | setting | test L0 | test FVU | test MSE | dead latents |", "| --- " * 6 + "|"]
     for r in rows:
         setting = r["run"].split("-", 1)[1]

@@ -55,6 +55,46 @@ def test_prepare_sets_the_pre_encoder_bias():
     assert torch.equal(model.b_pre.data, torch.zeros(20))
 
 
+def test_prepare_fits_the_encoder_scale_by_least_squares():
+    x = torch.randn(300, 20) * 3 + 1
+    model = dense(pre_bias="mean", n_latents=64)
+    unscaled = model.encoder.weight.clone()
+    model.prepare(x)
+    scale = model.encoder.weight / unscaled
+    s = scale[0, 0].item()
+    torch.testing.assert_close(scale, torch.full_like(scale, s))  # one factor for the whole encoder
+    # By hand: the TopK code of the unscaled encoder, decoded without the bias, against x - b_pre.
+    pre = (x - x.mean(0)) @ unscaled.T
+    values, indices = pre.topk(4, dim=1)
+    decoded = torch.zeros_like(pre).scatter_(1, indices, values.relu()) @ model.W_dec.T
+    target = x - x.mean(0)
+    assert s == pytest.approx(((decoded * target).sum() / decoded.square().sum()).item(), rel=1e-5)
+    assert 0.05 < s < 1  # the transposed decoder overshoots: the fit shrinks it
+
+    def init_error(factor: float) -> float:
+        with torch.no_grad():
+            model.encoder.weight.copy_(unscaled * s * factor)
+            return (model(x).recon - x).square().sum().item()
+
+    best = init_error(1.0)
+    assert best < init_error(1.1) and best < init_error(0.9) and best < 0.95 * init_error(1 / s)
+
+
+def test_encoder_scale_is_left_alone_where_the_fit_does_not_apply():
+    x = torch.randn(300, 20) * 3
+    for model in (
+        dense(fit_encoder_scale=False),
+        dense(sparsity=build_sparsity("batchtopk", k=4)),  # its code depends on a running threshold
+        dense(sparsity=build_sparsity("l1", weight=1e-3)),
+    ):
+        model.prepare(x)
+        assert torch.equal(model.encoder.weight, model.W_dec.T), model.sparsity
+    untied = dense(tied_init=False)
+    before = untied.encoder.weight.clone()
+    untied.prepare(x)
+    assert torch.equal(untied.encoder.weight, before)
+
+
 def test_auxk_trains_dead_latents_only():
     model = dense(aux_k=2, dead_window=64)
     x = torch.randn(32, 20)
@@ -69,6 +109,25 @@ def test_auxk_trains_dead_latents_only():
     out.aux.backward()
     rows_with_grad = model.encoder.weight.grad.abs().sum(1) != 0
     assert rows_with_grad[:5].any() and not rows_with_grad[5:].any()
+
+
+def test_a_latent_silent_for_a_whole_epoch_is_dead_on_small_data():
+    model = dense(aux_k=2, dead_window=1_000_000)
+    with torch.no_grad():
+        model.samples_since_fired[:5] = 200  # five latents silent for 200 samples
+    assert not model._dead().any()  # far inside the million-sample window
+    model.set_epoch_rows(500)
+    assert not model._dead().any()
+    model.set_epoch_rows(200)  # an epoch of 200 rows: they missed every row of it
+    assert model._dead().tolist() == [True] * 5 + [False] * 11
+    assert model(torch.randn(8, 20)).aux.item() > 0
+
+
+def test_training_tells_the_model_its_epoch_length():
+    x = torch.randn(96, 20)
+    model = dense(aux_k=2, dead_window=1_000_000)
+    sparseae.train(model, sparseae.Dataset("x", x, x[:16]), sparseae.TrainConfig(epochs=1, batch_size=32), progress=False)
+    assert model.epoch_rows == 96
 
 
 def test_no_auxk_loss_without_dead_latents():

@@ -106,7 +106,9 @@ def test_l1_warmup_starts_at_one_nth_of_the_penalty():
      ("lr_decay_to", 2.0, r"lr_decay_to: expected a fraction of lr in \[0, 1\], got 2.0"),
      ("grad_clip", 0.0, "grad_clip: expected a finite number > 0, or unset, got 0.0. Leave it unset to not clip."),
      ("grad_clip", math.inf, "grad_clip: expected a finite number > 0, or unset, got inf"),
-     ("metrics_every", 0, "metrics_every: expected an integer >= 1, or unset, got 0")],
+     ("metrics_every", 0, "metrics_every: expected an integer >= 1, or unset, got 0"),
+     ("adam_beta1", 1.0, r"adam_beta1: expected a number in \[0, 1\), got 1.0. For example 0.9 or 0.999."),
+     ("adam_beta2", -0.1, r"adam_beta2: expected a number in \[0, 1\), got -0.1")],
 )  # fmt: skip
 def test_bad_controls_are_refused(field, value, message):
     with pytest.raises(sparseae.SparseAEError, match=message):
@@ -172,6 +174,19 @@ def test_the_optimizer_steps_with_the_schedules_rate(data, monkeypatch, optimize
     sparseae.train(_model(), data, config, progress=False)
     assert [s["lr"] for s in seen] == [lr_at(step, 20, config) for step in range(1, 21)]
     assert seen[0]["lr"] == 3e-3 / 4
+
+
+@pytest.mark.parametrize("optimizer", ["keras-adam", "adam"])
+def test_adam_betas_reach_the_optimizer(data, monkeypatch, optimizer):
+    built = []
+    make = training.make_optimizer
+    monkeypatch.setattr(training, "make_optimizer", lambda model, config: built.append(make(model, config)) or built[-1])
+    config = sparseae.TrainConfig(steps=2, batch_size=32, optimizer=optimizer, adam_beta1=0.5, adam_beta2=0.99)
+    sparseae.train(_model(), data, config, progress=False)
+    assert [g["betas"] for g in built[0].param_groups] == [(0.5, 0.99)]
+    # beta2 decides Keras' bias-corrected epsilon too: eps / sqrt(1 - beta2^t) after 2 steps.
+    if optimizer == "keras-adam":
+        assert built[0].param_groups[0]["eps"] == pytest.approx(1e-7 / math.sqrt(1 - 0.99**2))
 
 
 @pytest.mark.parametrize("kernels", ["auto", "reference"])
@@ -386,3 +401,52 @@ def test_the_training_flags_reach_the_run(rows, tmp_path):
                 "metrics_every": 2}  # fmt: skip
     assert {k: train[k] for k in expected} == expected
     assert [r["step"] for r in read_step_metrics(tmp_path / "run")] == [2, 4]  # 288 training rows: 5 steps of 64
+
+
+# --- the dense preset's recipe -----------------------------------------------------------------
+
+
+def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, data, tmp_path, monkeypatch, capsys):
+    from sparseae import sklearn as sk
+    from sparseae.models.presets import DENSE_DEAD_WINDOW, DENSE_TRAINING
+
+    assert DENSE_TRAINING["lr_decay"] == "linear"
+    recipe = sparseae.TrainConfig.for_preset("dense", epochs=1, batch_size=64)
+    assert {k: getattr(recipe, k) for k in DENSE_TRAINING} == DENSE_TRAINING
+    assert (recipe.epochs, recipe.batch_size) == (1, 64)
+    # The rate follows the batch size (square-root rule) unless one is given.
+    assert recipe.lr == pytest.approx(4e-3 / 8)  # sqrt(64 / 4096) = 1/8
+    assert sparseae.TrainConfig.for_preset("dense", batch_size=4096).lr == 4e-3
+    assert sparseae.TrainConfig.for_preset("dense", batch_size=1024).lr == pytest.approx(2e-3)
+    assert sparseae.TrainConfig.for_preset("dense").lr == pytest.approx(4e-3 / math.sqrt(32))  # batch 128
+    assert sparseae.TrainConfig.for_preset("dense", lr=1e-2, batch_size=64).lr == 1e-2
+    assert sparseae.TrainConfig.for_preset("mnist-conv") == sparseae.TrainConfig()  # the Keras recipe
+    assert sparseae.TrainConfig.for_preset("classic").lr == 3e-3  # a fixed rate of its own
+    assert sparseae.build_preset("dense", (D,)).config.dead_window == DENSE_DEAD_WINDOW
+
+    argv = ["train", "--data", str(rows), "--model", "dense", "--k", "4", "--n-latents", "32", "--batch-size", "64",
+            "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(argv) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {k: saved["train"][k] for k in DENSE_TRAINING} == DENSE_TRAINING
+    assert saved["train"]["lr"] == pytest.approx(4e-3 / 8)
+    assert saved["model"]["config"]["dead_window"] == DENSE_DEAD_WINDOW
+    assert cli.main([*argv[:-1], str(tmp_path / "run2"), "--lr", "0.01"]) == 0
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["train"]["lr"] == 0.01
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "dense", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.004 at batch 4096, times sqrt(batch size / 4096): 0.00071 at 128)" in help_text
+
+    seen = []
+
+    def record(model, data, config, progress):
+        seen.append(config)
+        return training.TrainResult(model, [], None)
+
+    monkeypatch.setattr(sk, "train", record)
+    sk.SparseAutoencoder(32, k=4, epochs=1, batch_size=256, random_state=0).fit(data.train.numpy())
+    assert {k: getattr(seen[0], k) for k in DENSE_TRAINING} == DENSE_TRAINING
+    assert seen[0].lr == pytest.approx(4e-3 / 4)
+    sk.SparseAutoencoder(32, k=4, epochs=1, learning_rate=1e-2, random_state=0).fit(data.train.numpy())
+    assert seen[1].lr == 1e-2 and seen[1].lr_decay == "linear"

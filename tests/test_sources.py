@@ -31,10 +31,10 @@ from sparseae.training import read_metrics
 
 D, N_ROWS, N_ATOMS, PER_ROW = 32, 800, 12, 3
 IMAGE_HW = (4, 8)  # 4 x 8 gray images: 32 pixels, like the flat rows
-TRAIN = TrainConfig(epochs=3, batch_size=64, lr=1e-2, optimizer="adam", adam_eps=1e-8, seed=0)
+TRAIN = TrainConfig.for_preset("dense", epochs=3, batch_size=64, lr=1e-2, seed=0)
 CLI_TRAIN = ["--model", "dense", "--sparsity", "topk", "--k", "4", "--n-latents", "32", "--epochs", "3",
              "--batch-size", "64", "--lr", "0.01", "--seed", "0", "--quiet"]  # fmt: skip
-"""The CLI flags that give TRAIN (the dense preset trains with adam, eps 1e-8) and the model below."""
+"""The CLI flags that give TRAIN (the dense preset's training defaults, lr 1e-2) and the model below."""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,7 +1,7 @@
 """The real-activation benchmark: TopK SAEs on all-MiniLM-L6-v2's residual stream over the Python docs (issue 13).
 
     python benchmarks/real/run.py [--quick] [--settings 3:32,3:16,3:64,5:32] [--long]
-                                  [--sparsify-lrs default,1e-3,2e-3] [--saelens-lrs default,1e-3]
+                                  [--sparsify-lrs default,1e-3,2e-3,4e-3] [--saelens-lrs default,1e-3]
                                   [--sparseae-variant JSON ...]
 
 Data: ``collect.py`` (run in the project's .venv) writes 262,144 training and
@@ -294,7 +294,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--long", action="store_true", help=f"{LONG_STEPS} steps instead of {SHORT_STEPS}; real-long.*")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--settings", default=None, help=f"LAYER:K,... (default {DEFAULT_SETTINGS}; --quick 3:32)")
-    p.add_argument("--sparsify-lrs", default="default,1e-3,2e-3", help="'default' is sparsify's own rate for 6,144 latents")
+    p.add_argument("--sparsify-lrs", default="default,1e-3,2e-3,4e-3", help="'default' is sparsify's own rate for 6,144 latents")
     p.add_argument("--saelens-lrs", default="default,1e-3", help="'default' is SAELens's 3e-4")
     p.add_argument("--sparseae-variant", action="append", default=[],
                    help='an extra sparseae contender: JSON {"train": {...}, "model": {...}, "sparsity": {...}}')  # fmt: skip

@@ -206,7 +206,13 @@ def _add_training_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     _add_model_args(group, preset)
     _add_dataclass_args(p.add_argument_group("data"), DataConfig, _DATA_FLAGS)
     _add_lm_args(p.add_argument_group("language-model activations (--data lm)", _LM_DOC))
-    _add_dataclass_args(p.add_argument_group("training"), TrainConfig, defaults=preset.train_defaults)
+    training = p.add_argument_group("training")
+    if preset.lr_at_batch is None:
+        _add_dataclass_args(training, TrainConfig, defaults=preset.train_defaults)
+    else:  # the rate follows the batch size unless given
+        lr, batch = preset.lr_at_batch
+        shown = {"lr": f"{lr:g} at batch {batch}, times sqrt(batch size / {batch}): {preset.default_lr(128):.2g} at 128"}
+        _add_dataclass_args(training, TrainConfig, defaults={**preset.train_defaults, "lr": None}, shown=shown)
     _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
 
 
@@ -378,14 +384,23 @@ _parse_bool.__name__ = "true or false"
 
 
 def _add_dataclass_args(
-    parser: Any, cls: type, rename: dict[str, str] | None = None, defaults: dict[str, Any] | None = None, prefix: str = ""
+    parser: Any,
+    cls: type,
+    rename: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    prefix: str = "",
+    shown: dict[str, str] | None = None,
 ) -> None:
-    """A flag per field of ``cls`` (nested config dataclasses get their own group); required fields default to None."""
+    """A flag per field of ``cls`` (nested config dataclasses get their own group); required fields default to None.
+
+    ``shown``: the default that the help states for a field, where it is not the flag's value (e.g. computed later).
+    """
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in _flag_fields(cls):
         name = prefix + (rename or {}).get(f.name, f.name)
         default = (defaults or {}).get(f.name, None if f.default is dataclasses.MISSING else f.default)
-        _add_flag(parser, name, f"{cls.__name__}.{f.name}", hints[f.name], default, docs.get(f.name, ""))
+        doc = docs.get(f.name, "")
+        _add_flag(parser, name, f"{cls.__name__}.{f.name}", hints[f.name], default, doc, (shown or {}).get(f.name))
 
 
 def _flag_fields(cls: type) -> list[dataclasses.Field]:
@@ -397,13 +412,16 @@ def _flag_fields(cls: type) -> list[dataclasses.Field]:
     ]
 
 
+def _dataclass_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in _flag_fields(cls)}
+
+
 def _dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
-    values = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in _flag_fields(cls)}
-    return cls(**values, **extra)
+    return cls(**_dataclass_values(cls, args), **extra)
 
 
 def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
-    config = _dataclass_from_args(TrainConfig, args)
+    config = TrainConfig.for_preset(args.model, **_dataclass_values(TrainConfig, args))  # no --lr: the preset's rate
     lm = _lm_config(args) if args.__dict__["DataConfig.source"] == "lm" else None
     data_config = _dataclass_from_args(DataConfig, args, lm=lm)
     data_config = dataclasses.replace(

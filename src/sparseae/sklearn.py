@@ -39,7 +39,6 @@ except ImportError as e:  # validate_data is new in scikit-learn 1.6
 from sparseae.data import Dataset
 from sparseae.errors import SparseAEError, check
 from sparseae.models import DenseConfig, build_preset
-from sparseae.models.presets import get_preset
 from sparseae.sparsity import Sparsity, build_sparsity, get_sparsity
 from sparseae.training import TrainConfig, train
 
@@ -89,7 +88,9 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         model_params: Other :class:`sparseae.DenseConfig` fields, e.g. ``{"aux_k": 0}``.
         epochs: Passes over ``X``.
         batch_size: Rows per optimizer step.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate; ``None``: the dense preset's, which follows the
+            batch size (4e-3 at 4,096, times ``sqrt(batch_size / 4096)``: 7.1e-4 at 128).
+            Every rate is decayed linearly to zero over the last fifth of the steps.
         random_state: Seeds the initialisation and the order of the rows: an int, a
             ``numpy.random.RandomState``, or ``None`` (a fresh seed each fit).
         device: Where to train and encode: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``,
@@ -123,7 +124,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         model_params: dict[str, Any] | None = None,
         epochs: int = 10,
         batch_size: int = 128,
-        learning_rate: float = 1e-3,
+        learning_rate: float | None = None,
         random_state: int | np.random.RandomState | None = None,
         device: str = "cpu",
         verbose: bool = False,
@@ -147,7 +148,6 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         n_samples, n_features = X.shape
         n_components = _positive_int(n_features if self.n_components is None else self.n_components, "n_components")
         seed = self._seed()
-        preset = get_preset("dense")
         sparsity = self._build_sparsity(n_components)
         model = build_preset(
             "dense",
@@ -158,15 +158,13 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             n_latents=n_components,
             **self._model_params(),
         )
-        config = TrainConfig(
-            **{
-                **preset.train_defaults,
-                "epochs": _positive_int(self.epochs, "epochs"),
-                "batch_size": _positive_int(self.batch_size, "batch_size"),
-                "lr": _positive_float(self.learning_rate, "learning_rate"),
-                "seed": seed,
-                "device": self.device,
-            }
+        config = TrainConfig.for_preset(
+            "dense",
+            epochs=_positive_int(self.epochs, "epochs"),
+            batch_size=_positive_int(self.batch_size, "batch_size"),
+            lr=None if self.learning_rate is None else _positive_float(self.learning_rate, "learning_rate"),
+            seed=seed,
+            device=self.device,
         )
         x = torch.tensor(X, dtype=torch.float32)  # a copy: X may be read-only or a memory map
         # train() evaluates a test split after every epoch; here that is (a sample of) the training rows.

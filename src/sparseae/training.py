@@ -38,7 +38,7 @@ from sparseae.data import DataConfig, Dataset, Stream, load_data
 from sparseae.errors import DiskError, SparseAEError, check
 from sparseae.io import append_text, atomic_write, disk_error, model_from_cfg, read_json, save_model, write_json
 from sparseae.metrics import Accumulator, linear_probe
-from sparseae.models import Autoencoder
+from sparseae.models import Autoencoder, get_preset
 from sparseae.report import image_grid, save_image_grid
 from sparseae.report.features import feature_tiles
 from sparseae.schedules import lr_at, penalty_scale_at
@@ -70,6 +70,11 @@ class TrainConfig:
     correction, which damps the first steps); 'adam': torch.optim.Adam."""
     adam_eps: float = 1e-7
     """Adam epsilon; 1e-7 is Keras' default (PyTorch's is 1e-8)."""
+    adam_beta1: float = 0.9
+    """Adam's decay rate of the running mean of gradients (beta1)."""
+    adam_beta2: float = 0.999
+    """Adam's decay rate of the running mean of squared gradients (beta2); 0.99 forgets
+    the large gradients of the first steps sooner."""
     loss: Literal["mse", "bce", "half_sse"] = "mse"
     """Reconstruction loss: 'mse' (mean over every element), 'bce' (binary cross-entropy,
     outputs clipped to [1e-7, 1-1e-7] as in Keras), or 'half_sse' (half the squared
@@ -117,6 +122,24 @@ class TrainConfig:
     loss terms and L0 averaged over those steps, latents dead in them, samples/s (and to
     TensorBoard, and the progress bar); unset: per-epoch metrics only."""
 
+    @classmethod
+    def for_preset(cls, name: str, **fields: Any) -> TrainConfig:
+        """The config ``sparseae train --model NAME`` trains with, with ``fields`` overriding it.
+
+        ``TrainConfig()`` alone is the Keras blog's recipe (keras-adam, lr 1e-3); the
+        ``dense`` preset trains with its own (:data:`sparseae.models.presets.DENSE_TRAINING`),
+        its learning rate following the batch size unless ``lr`` is given (or is None),
+        e.g. ``TrainConfig.for_preset("dense", epochs=5, batch_size=4096)`` trains at 4e-3.
+        """
+        preset = get_preset(name)
+        fields = {**preset.train_defaults, **fields}
+        if fields.get("lr") is None:
+            fields.pop("lr", None)
+            lr = preset.default_lr(fields.get("batch_size", cls.batch_size))
+            if lr is not None:
+                fields["lr"] = lr
+        return cls(**fields)
+
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
@@ -141,6 +164,9 @@ class TrainConfig:
         for name in ("lr", "adam_eps"):
             value = getattr(self, name)
             check(0 < value < math.inf, name, expected="a finite number > 0", got=value, fix=f"Pass a positive {name}.")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            check(0 <= value < 1, name, expected="a number in [0, 1)", got=value, fix="For example 0.9 or 0.999.")
         for name in ("lr_warmup", "l1_warmup"):
             value = getattr(self, name)
             check(value >= 0, name, expected="a number of steps >= 0", got=value, fix="0 switches the warm-up off.")
@@ -230,8 +256,15 @@ class KerasAdam(torch.optim.Adam):
     30x larger than ``eps`` at step 1, equal to it after a few thousand steps.
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, eps: float = 1e-7, fused: bool | None = None):
-        super().__init__(params, lr=lr, eps=eps, fused=fused)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-7,
+        fused: bool | None = None,
+    ):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, fused=fused)
         for group in self.param_groups:
             group["keras_eps"] = eps
 
@@ -279,9 +312,10 @@ def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
     # Fused Adam updates each parameter in one pass: ~4x faster than foreach for large dictionaries on CPU.
     devices = {p.device.type for p in model.parameters()}
     fused = config.kernels == "auto" and devices <= {"cpu", "cuda"} or None
+    betas = (config.adam_beta1, config.adam_beta2)
     if config.optimizer == "keras-adam":
-        return KerasAdam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
+        return KerasAdam(model.parameters(), lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
 
 
 @torch.no_grad()
@@ -753,6 +787,7 @@ def _run(
         return
     for job in jobs:
         job.total_steps = total_steps
+        job.model.set_epoch_rows(n)
     if prepare:
         torch.manual_seed(config.seed)
         if isinstance(data.train, Stream):

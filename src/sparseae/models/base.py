@@ -112,6 +112,9 @@ class Autoencoder(nn.Module):
     def prepare(self, x: Tensor) -> None:
         """Data-dependent initialisation from a sample of (preprocessed) training inputs; nothing by default."""
 
+    def set_epoch_rows(self, rows: int) -> None:
+        """Told by the trainer, before each training run (and resume), how many rows one epoch has; ignored by default."""
+
     def before_step(self) -> None:
         """After the backward pass, before the optimizer step (e.g. edit gradients)."""
 

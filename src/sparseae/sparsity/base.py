@@ -43,6 +43,10 @@ class Sparsity(nn.Module):
 
     name: str = ""
     """Registry name, set by :func:`register`."""
+    scale_equivariant: bool = False
+    """Whether ``forward(s * pre) == s * forward(pre)`` for every s > 0 in training mode,
+    with no state changed by calling it: then a model may fit its encoder's scale at
+    initialisation (:meth:`DenseAutoencoder.encoder_scale_fit`)."""
 
     def forward(self, pre: Tensor) -> Tensor:
         """The code for pre-activations ``pre`` of shape ``(B, n_latents)``."""

@@ -21,6 +21,8 @@ class TopK(Sparsity):
             k-sparse autoencoder (alpha >= 1 gives denser features for classifiers).
     """
 
+    scale_equivariant = True
+
     def __init__(self, k: int = 32, alpha: float = 1.0):
         super().__init__()
         self.k = check_positive_int(k, "topk k")
