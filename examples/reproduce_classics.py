@@ -83,8 +83,8 @@ def ksparse() -> dict:
 
     data = sparseae.load_mnist()
     sparsity = build_sparsity("topk", k=25, alpha=3.0)
-    model = sparseae.build_preset("dense", data.sample_shape, sparsity, seed=0, n_latents=1000, dead_window=60_000)
-    config = sparseae.TrainConfig(epochs=20, optimizer="adam", adam_eps=1e-8, batch_size=128)
+    model = sparseae.build_preset("dense", data.sample_shape, sparsity, seed=0, n_latents=1000)
+    config = sparseae.TrainConfig.for_preset("dense", epochs=20, batch_size=128)  # the dense recipe
     result = sparseae.train(model, data, config, progress=False)
     save_feature_grid(result.model, IMAGES / "ksparse-features.png", n=100, columns=10, scale=2)
     with torch.no_grad():
@@ -97,9 +97,10 @@ def ksparse() -> dict:
         start = time.perf_counter()
         clf = LogisticRegression(max_iter=500).fit(a, data.train_labels.numpy())
         scores[name] = {"accuracy": float(clf.score(b, data.test_labels.numpy())), "seconds": time.perf_counter() - start}
-    return {"settings": "dense SAE 784-1000, TopK k=25 (alpha*k = 75 at encode time), AuxK 256 with a one-epoch dead window, "
-            "pre-encoder bias, "
-            "unit-norm tied decoder, Adam lr 1e-3, batch 128, 20 epochs; scikit-learn LogisticRegression(max_iter=500)",
+    return {"settings": f"dense SAE 784-1000, TopK k=25 (alpha*k = 75 at encode time), pre-encoder bias, unit-norm tied "
+            f"decoder, the dense recipe (encoder scale fitted at init, AuxK 256 with a {model.config.dead_window:,}-sample "
+            f"dead window, Adam lr {config.lr:.2g} decayed linearly over the last 20%), batch 128, 20 epochs; "
+            "scikit-learn LogisticRegression(max_iter=500)",
             "final": result.metrics[-1], "linear_probe": scores}  # fmt: skip
 
 

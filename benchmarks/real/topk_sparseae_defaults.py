@@ -3,7 +3,7 @@
 What a user gets from ``sparseae.train`` on in-memory arrays: the model is
 ``sparseae.build_preset("dense", (d_in,), build_sparsity("topk", k=k),
 n_latents=n, seed=seed)`` (every other model field at the preset's defaults),
-and the training config is ``TrainConfig(**preset.train_defaults, batch_size=B,
+and the training config is ``TrainConfig.for_preset("dense", batch_size=B,
 steps=S, seed=seed, device="cpu")``: learning rate, optimizer, schedules,
 initialisation and AuxK are whatever sparseae's defaults are when this runs, so
 the benchmark follows them without an edit. ``train`` shuffles the rows itself
@@ -42,7 +42,6 @@ from topk_common import Config, evaluate  # noqa: E402 - benchmarks/speed/topk_c
 import sparseae  # noqa: E402
 from sparseae import training  # noqa: E402
 from sparseae._config import to_dict  # noqa: E402
-from sparseae.models.presets import get_preset  # noqa: E402
 
 VARIANT_KEYS = {"model", "sparsity", "train"}
 
@@ -56,10 +55,9 @@ def build(cfg: Config, variant: dict) -> tuple[sparseae.Autoencoder, sparseae.Tr
     sparsity = sparseae.build_sparsity("topk", **{"k": cfg.k, **variant.get("sparsity", {})})
     model = sparseae.build_preset("dense", (cfg.d_in,), sparsity, seed=cfg.seed,
                                   **{"n_latents": cfg.n_latents, **variant.get("model", {})})  # fmt: skip
-    fields = {**get_preset("dense").train_defaults, "batch_size": cfg.batch_size, "steps": cfg.steps, "seed": cfg.seed,
-              "device": "cpu", **({"precision": cfg.precision} if cfg.precision != "float32" else {}),
-              **variant.get("train", {})}  # fmt: skip
-    return model, sparseae.TrainConfig(**fields)
+    fields = {"batch_size": cfg.batch_size, "steps": cfg.steps, "seed": cfg.seed, "device": "cpu",
+              **({"precision": cfg.precision} if cfg.precision != "float32" else {}), **variant.get("train", {})}  # fmt: skip
+    return model, sparseae.TrainConfig.for_preset("dense", **fields)
 
 
 def main(argv: list[str] | None = None) -> dict:
