@@ -415,10 +415,12 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
     assert {k: getattr(recipe, k) for k in DENSE_TRAINING} == DENSE_TRAINING
     assert (recipe.epochs, recipe.batch_size) == (1, 64)
     # The rate follows the batch size (square-root rule) unless one is given.
-    assert recipe.lr == pytest.approx(4e-3 / 8)  # sqrt(64 / 4096) = 1/8
+    assert recipe.lr == 2e-3  # sqrt(64 / 4096) = 1/8 of 4e-3, but not below the floor
     assert sparseae.TrainConfig.for_preset("dense", batch_size=4096).lr == 4e-3
+    assert sparseae.TrainConfig.for_preset("dense", batch_size=16384).lr == pytest.approx(8e-3)
+    assert sparseae.TrainConfig.for_preset("dense", batch_size=2048).lr == pytest.approx(4e-3 / math.sqrt(2))
     assert sparseae.TrainConfig.for_preset("dense", batch_size=1024).lr == pytest.approx(2e-3)
-    assert sparseae.TrainConfig.for_preset("dense").lr == pytest.approx(4e-3 / math.sqrt(32))  # batch 128
+    assert sparseae.TrainConfig.for_preset("dense").lr == 2e-3  # batch 128: the floor
     assert sparseae.TrainConfig.for_preset("dense", lr=1e-2, batch_size=64).lr == 1e-2
     assert sparseae.TrainConfig.for_preset("mnist-conv") == sparseae.TrainConfig()  # the Keras recipe
     assert sparseae.TrainConfig.for_preset("classic").lr == 3e-3  # a fixed rate of its own
@@ -429,14 +431,14 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
     assert cli.main(argv) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert {k: saved["train"][k] for k in DENSE_TRAINING} == DENSE_TRAINING
-    assert saved["train"]["lr"] == pytest.approx(4e-3 / 8)
+    assert saved["train"]["lr"] == 2e-3
     assert saved["model"]["config"]["dead_window"] == DENSE_DEAD_WINDOW
     assert cli.main([*argv[:-1], str(tmp_path / "run2"), "--lr", "0.01"]) == 0
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["train"]["lr"] == 0.01
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "dense", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.004 at batch 4096, times sqrt(batch size / 4096): 0.00071 at 128)" in help_text
+    assert "(default: 0.004 at batch 4096, times sqrt(batch size / 4096), at least 0.002)" in help_text
 
     seen = []
 
@@ -445,8 +447,8 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
         return training.TrainResult(model, [], None)
 
     monkeypatch.setattr(sk, "train", record)
-    sk.SparseAutoencoder(32, k=4, epochs=1, batch_size=256, random_state=0).fit(data.train.numpy())
+    sk.SparseAutoencoder(32, k=4, epochs=1, batch_size=2048, random_state=0).fit(data.train.numpy())
     assert {k: getattr(seen[0], k) for k in DENSE_TRAINING} == DENSE_TRAINING
-    assert seen[0].lr == pytest.approx(4e-3 / 4)
+    assert seen[0].lr == pytest.approx(4e-3 / math.sqrt(2))
     sk.SparseAutoencoder(32, k=4, epochs=1, learning_rate=1e-2, random_state=0).fit(data.train.numpy())
     assert seen[1].lr == 1e-2 and seen[1].lr_decay == "linear"

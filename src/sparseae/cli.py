@@ -210,8 +210,8 @@ def _add_training_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     if preset.lr_at_batch is None:
         _add_dataclass_args(training, TrainConfig, defaults=preset.train_defaults)
     else:  # the rate follows the batch size unless given
-        lr, batch = preset.lr_at_batch
-        shown = {"lr": f"{lr:g} at batch {batch}, times sqrt(batch size / {batch}): {preset.default_lr(128):.2g} at 128"}
+        lr, batch, floor = preset.lr_at_batch
+        shown = {"lr": f"{lr:g} at batch {batch}, times sqrt(batch size / {batch}), at least {floor:g}"}
         _add_dataclass_args(training, TrainConfig, defaults={**preset.train_defaults, "lr": None}, shown=shown)
     _add_sparsity_args(p, preset, sparsity)  # last: a user's hyperparameter may clash with the flags above
 

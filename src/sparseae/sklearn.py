@@ -89,7 +89,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         epochs: Passes over ``X``.
         batch_size: Rows per optimizer step.
         learning_rate: Adam learning rate; ``None``: the dense preset's, which follows the
-            batch size (4e-3 at 4,096, times ``sqrt(batch_size / 4096)``: 7.1e-4 at 128).
+            batch size (4e-3 at 4,096, times ``sqrt(batch_size / 4096)``, at least 2e-3).
             Every rate is decayed linearly to zero over the last fifth of the steps.
         random_state: Seeds the initialisation and the order of the rows: an int, a
             ``numpy.random.RandomState``, or ``None`` (a fresh seed each fit).

@@ -33,7 +33,7 @@ class DenseConfig:
     tied_init: bool = True
     """Start the encoder as the decoder transposed (else Glorot-uniform)."""
     fit_encoder_scale: bool = True
-    """With ``tied_init`` and a code that scales with its pre-activations (TopK), multiply
+    """With tied_init and a code that scales with its pre-activations (TopK), multiply
     the initial encoder by the least-squares factor that makes the first reconstruction
     of the training sample closest to it (about 0.6 on language-model activations):
     the encoder transposed at full scale overshoots (held-out FVU 0.098 against 0.105
