@@ -272,7 +272,8 @@ def test_a_named_set_trains_end_to_end_from_python_and_the_cli(server, monkeypat
     assert data.label_names == LABEL_NAMES and data.config.source == "fashion-mnist"
     model = sparseae.build_preset("dense", data.sample_shape, sparseae.build_sparsity("topk", k=4), seed=0, n_latents=16)
     result = sparseae.train(model, data, sparseae.TrainConfig(epochs=30, batch_size=5, lr=1e-2), progress=False)
-    assert result.metrics[-1]["train_loss"] < 0.5 * result.metrics[0]["train_loss"]
+    # The reconstruction term: the dense preset's AuxK adds a loss of its own once latents go quiet.
+    assert result.metrics[-1]["train_recon"] < 0.5 * result.metrics[0]["train_recon"]
 
     run = tmp_path / "run"
     argv = ["train", "--data", "fashion-mnist", "--model", "dense", "--k", "4", "--n-latents", "16", "--epochs", "2",
