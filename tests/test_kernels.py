@@ -361,12 +361,14 @@ def test_training_with_kernels_auto_ends_where_reference_does(blob_runs):
         for key in COMPARED:
             assert a[key] == pytest.approx(r[key], abs=1e-6), (a["epoch"], key)
     assert all(r["train_aux"] > 0 for r in ref.metrics)  # AuxK ran in every epoch
-    assert ref.metrics[-1]["test_fvu"] < 0.9 * ref.metrics[0]["test_fvu"]  # it learned: 0.64 -> 0.51
+    # It learned after the first epoch: 0.489 -> 0.455 (with the encoder's scale fitted at initialisation
+    # the first epoch ends lower than it used to: 0.64 -> 0.51 without the fit).
+    assert ref.metrics[-1]["test_fvu"] < 0.95 * ref.metrics[0]["test_fvu"]
 
 
 def test_bfloat16_training_reaches_the_float32_fvu(blob_runs):
     bf16, f32 = blob_runs["auto", "bfloat16"], blob_runs["auto", "float32"]
-    # Measured: 0.4708 against 0.4713 (0.1%).
+    # Measured: 0.4708 against 0.4713 (0.1%) before the encoder's scale was fitted at initialisation.
     assert bf16.metrics[-1]["test_fvu"] == pytest.approx(f32.metrics[-1]["test_fvu"], rel=0.03)
     assert bf16.metrics[-1]["test_fvu"] != f32.metrics[-1]["test_fvu"]  # autocast did run
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
