@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sparseae
-from sparseae import training
+from sparseae.training import trainer
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def one_torch_thread():
 
 def crash_in_epoch_two(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> None:
     """Call ``run()`` (a training) with the end of epoch 2 interrupted, as a crash would, after epoch 1 was written."""
-    real_evaluate = training.evaluate
+    real_evaluate = trainer.evaluate
     calls = {"n": 0}
 
     def evaluate(*args, **kwargs):
@@ -99,7 +99,7 @@ def crash_in_epoch_two(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
     with pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)

@@ -26,10 +26,11 @@ import pytest
 import torch
 
 import sparseae
-from sparseae import checkpoint, cli, io, training
+from sparseae import checkpoint, cli, io, rundir
 from sparseae.data import DataConfig, load_data
 from sparseae.data.shards import ShardReader, write_shards
 from sparseae.errors import DiskError, SparseAEError
+from sparseae.training import trainer
 
 SRC = str(Path(sparseae.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)}
@@ -110,17 +111,17 @@ def _check_intact(run: Path) -> None:
         checkpoint.read(run / checkpoint.CHECKPOINT_FILE)  # checksum verified
     if (run / checkpoint.PREVIOUS_FILE).exists():
         checkpoint.read(run / checkpoint.PREVIOUS_FILE)
-    for line in (run / training.METRICS_FILE).read_text().splitlines() if (run / training.METRICS_FILE).exists() else []:
+    for line in (run / rundir.METRICS_FILE).read_text().splitlines() if (run / rundir.METRICS_FILE).exists() else []:
         json.loads(line)
     if (run / "model.safetensors").exists():
         sparseae.load(run)
 
 
-# Where the disk fills: (function of sparseae.training it goes through, which call of it, the file it writes).
+# Where the disk fills: (function of sparseae.training.trainer it goes through, which call of it, the file it writes).
 WRITES = {
     "checkpoint-mid-epoch": ("checkpoint_save", 2, checkpoint.CHECKPOINT_FILE),  # step 8's: the epoch's end
     "checkpoint-of-epoch-2": ("checkpoint_save", 3, checkpoint.CHECKPOINT_FILE),  # step 12's, within epoch 2
-    "metrics-line": ("append_text", 1, training.METRICS_FILE),
+    "metrics-line": ("append_text", 1, rundir.METRICS_FILE),
     "model": ("save_model", 2, "model.safetensors"),
 }
 
@@ -130,7 +131,7 @@ def _fault_at(monkeypatch, name: str, call: int, fault) -> None:
     if name == "checkpoint_save":
         target, attr = checkpoint, "save"
     else:
-        target, attr = training, name
+        target, attr = trainer, name
     real, calls = getattr(target, attr), [0]
 
     def wrapped(*args, **kwargs):
@@ -168,7 +169,7 @@ def test_a_full_disk_keeps_what_was_written_and_resume_finishes_the_run(where, d
     final = checkpoint.read(run / checkpoint.CHECKPOINT_FILE)[0]
     assert sorted(final) == sorted(reference)
     assert all(torch.equal(final[k], reference[k]) for k in final), "resumed weights differ from the uninterrupted run's"
-    assert [r["epoch"] for r in training.read_metrics(run)] == [1, 2]
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
 
 
 def test_a_half_written_metrics_line_is_cut_back(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import sparseae
 import sparseae.training as train_module
 from sparseae import kernels, runtime
 from sparseae.cli import main
+from sparseae.errors import SparseAEError
 from sparseae.models import DenseAutoencoder, DenseConfig
 from sparseae.sparsity import build_sparsity
 from sparseae.sparsity.topk import TopK
@@ -70,21 +71,23 @@ def leaves(p: dict[str, Tensor], x_grad: bool) -> dict[str, Tensor]:
     return {name: p[name].clone().requires_grad_(name in names) for name in ("x", "weight", "bias", "center", "w_dec")}
 
 
-# Cases: (AuxK latents, aux_k, bias shift, block, x requires grad, latent-major W_dec).
+# Cases: (AuxK latents, aux_k, bias shift, block, x requires grad, latent-major W_dec, AuxK rows (None: all)).
 AUX = torch.arange(0, N, 2)[:40]  # 40 of the 96 latents; some of them also win the main top k
 CASES = {
-    "plain": (None, 0, 0.0, 7, True, True),
-    "plain-one-block": (None, 0, 0.0, kernels.BLOCK_ROWS, True, True),
-    "auxk-smaller-than-the-set": (AUX, 8, 0.0, 7, True, True),
-    "auxk-larger-than-the-set": (AUX, 64, 0.0, 7, True, True),
-    "negative-values-among-the-k": (AUX, 8, -1.2, 7, True, True),
-    "no-x-grad-column-major-decoder": (AUX, 8, 0.0, 7, False, False),
+    "plain": (None, 0, 0.0, 7, True, True, None),
+    "plain-one-block": (None, 0, 0.0, kernels.BLOCK_ROWS, True, True, None),
+    "auxk-smaller-than-the-set": (AUX, 8, 0.0, 7, True, True, None),
+    "auxk-larger-than-the-set": (AUX, 64, 0.0, 7, True, True, None),
+    "negative-values-among-the-k": (AUX, 8, -1.2, 7, True, True, None),
+    "no-x-grad-column-major-decoder": (AUX, 8, 0.0, 7, False, False, None),
+    "auxk-on-the-first-17-rows": (AUX, 8, 0.0, 7, True, True, 17),  # ends inside the third block
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_topk_encode_and_sparse_decode_equal_the_dense_reference(case):
-    aux, aux_k, shift, block, x_grad, latent_major = case
+    aux, aux_k, shift, block, x_grad, latent_major, aux_rows = case
+    rows = B if aux_rows is None else aux_rows
     p = problem(shift, latent_major)
     ref, ker = leaves(p, x_grad), leaves(p, x_grad)
 
@@ -93,23 +96,26 @@ def test_topk_encode_and_sparse_decode_equal_the_dense_reference(case):
     )
     recon = code @ ref["w_dec"].T
     loss = (recon * p["r"]).sum() + (code * p["gv"]).sum()
+    aux_code, aux_indices = aux_code[:rows], aux_indices[:rows]
     if aux is not None:
-        loss = loss + (aux_code @ ref["w_dec"].T * p["r_aux"]).sum() + (aux_code * p["gv_aux"]).sum()
+        loss = loss + (aux_code @ ref["w_dec"].T * p["r_aux"][:rows]).sum() + (aux_code * p["gv_aux"][:rows]).sum()
     loss.backward()
 
-    got, got_aux = kernels.topk_encode(ker["x"], ker["weight"], ker["bias"], K, ker["center"], aux=aux, aux_k=aux_k, block=block)
+    got, got_aux = kernels.topk_encode(
+        ker["x"], ker["weight"], ker["bias"], K, ker["center"], aux=aux, aux_k=aux_k, aux_rows=aux_rows, block=block
+    )
     got_recon = kernels.sparse_decode(got, ker["w_dec"])
     got_loss = (got_recon * p["r"]).sum() + (got.values * p["gv"].gather(1, got.indices)).sum()
     if aux is not None:
-        got_loss = got_loss + (kernels.sparse_decode(got_aux, ker["w_dec"]) * p["r_aux"]).sum()
-        got_loss = got_loss + (got_aux.values * p["gv_aux"].gather(1, got_aux.indices)).sum()
+        got_loss = got_loss + (kernels.sparse_decode(got_aux, ker["w_dec"]) * p["r_aux"][:rows]).sum()
+        got_loss = got_loss + (got_aux.values * p["gv_aux"][:rows].gather(1, got_aux.indices)).sum()
     got_loss.backward()
 
     assert torch.equal(got.indices, indices)
     torch.testing.assert_close(got.values, code.gather(1, indices), atol=ATOL, rtol=0)
     torch.testing.assert_close(kernels.densify(got, N), code, atol=ATOL, rtol=0)
     torch.testing.assert_close(got_recon, recon, atol=ATOL, rtol=0)
-    assert got_aux.indices.shape == got_aux.values.shape == (B, 0 if aux is None else min(aux_k, len(aux)))
+    assert got_aux.indices.shape == got_aux.values.shape == (rows, 0 if aux is None else min(aux_k, len(aux)))
     assert torch.equal(got_aux.indices, aux_indices)
     if aux is not None:
         assert torch.isin(got_aux.indices, aux).all()
@@ -227,6 +233,7 @@ MODEL_CONFIGS = {
     "no-pre-bias": {"pre_bias": "none"},
     "sigmoid-weight-decay": {"output_activation": "sigmoid", "weight_decay": 1e-3},
     "preprocessed": {"preprocess": "standardize"},
+    "auxk-on-a-quarter-of-the-rows": {"aux_fraction": 0.25},  # 12 of 48
 }
 
 
@@ -390,14 +397,14 @@ def test_bfloat16_training_of_the_conv_model_reaches_the_float32_mse(mnist):
 
 def test_progress_bar_reads_the_sparse_code_and_dead_counts_match_the_reference(blobs, monkeypatch):
     shown: dict[str, list[dict]] = {"auto": [], "reference": []}
-    real_postfix = train_module._Job.postfix
+    real_postfix = train_module.Trainer.postfix
 
     def recording_postfix(self, loss, code):
         postfix = real_postfix(self, loss, code)
         shown[self.config.kernels].append({**postfix, "layout": code.layout})
         return postfix
 
-    monkeypatch.setattr(train_module._Job, "postfix", recording_postfix)
+    monkeypatch.setattr(train_module.Trainer, "postfix", recording_postfix)
     metrics = {}
     for kernels_ in ("auto", "reference"):
         # 512 latents, k 4, 2 epochs: many latents are dead on the test split and between bar updates.
@@ -414,7 +421,7 @@ def test_resume_mid_epoch_with_fused_adam_and_latent_major_decoder_is_bit_identi
     config = sparseae.TrainConfig(epochs=2, batch_size=128, seed=5, checkpoint_every=5, kernels="auto")
     full = sparseae.train(blob_model(), blobs, config, tmp_path / "full", progress=False)
 
-    real_save = train_module._Job.save_checkpoint
+    real_save = train_module.Trainer.save_checkpoint
     saved = []
 
     def crash_after_second_checkpoint(self, epoch, batch, step):
@@ -423,20 +430,20 @@ def test_resume_mid_epoch_with_fused_adam_and_latent_major_decoder_is_bit_identi
         if len(saved) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module._Job, "save_checkpoint", crash_after_second_checkpoint)
+    monkeypatch.setattr(train_module.Trainer, "save_checkpoint", crash_after_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         sparseae.train(blob_model(), blobs, config, tmp_path / "cut", progress=False)
     monkeypatch.undo()
     assert saved == [5, 10] and train_module.read_metrics(tmp_path / "cut") == []  # cut mid-epoch 1 (18 steps)
 
     jobs = []
-    real_load = train_module._Job.load_checkpoint
+    real_load = train_module.Trainer.load_checkpoint
 
     def keep_job(self, tensors, meta):
         jobs.append(self)
         return real_load(self, tensors, meta)
 
-    monkeypatch.setattr(train_module._Job, "load_checkpoint", keep_job)
+    monkeypatch.setattr(train_module.Trainer, "load_checkpoint", keep_job)
     resumed = sparseae.resume(tmp_path / "cut", data=blobs, progress=False)
     optimizer = jobs[0].optimizer
     assert optimizer.defaults["fused"]
@@ -486,7 +493,7 @@ def test_cli_records_precision_and_kernels_in_the_run(tmp_path):
     argv = ["train", "--data", str(tmp_path / "x.npy"), "--model", "dense", "--n-latents", "64", "--k", "4", "--aux-k", "8"]
     argv += ["--steps", "2", "--quiet", "--out", str(tmp_path / "r")]
     assert main([*argv, "--precision", "bfloat16", "--kernels", "reference"]) == 0
-    train = sparseae.training.read_run_config(tmp_path / "r")["train"]
+    train = sparseae.rundir.read_config(tmp_path / "r")["train"]
     assert train["precision"] == "bfloat16" and train["kernels"] == "reference"
 
 
@@ -507,3 +514,21 @@ def test_decoder_stays_latent_major_through_save_load_and_to(tmp_path):
     x = torch.randn(9, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x).recon, model.eval()(x).recon)
+
+
+def test_auxk_on_a_fraction_of_the_rows_is_the_loss_of_those_rows():
+    """aux_fraction 0.25: the AuxK loss of a batch equals that of its first quarter with every row used."""
+    torch.manual_seed(0)
+    x = torch.randn(48, 32) + 0.5
+    quarter, whole = dense_topk(aux_fraction=0.25), dense_topk()
+    for m in (quarter, whole):
+        m.initialise(x)
+        with torch.no_grad():
+            m.samples_since_fired[:40] = 10_000
+    whole.load_state_dict(quarter.state_dict())
+    aux_quarter = quarter(x).aux
+    out = whole(x[:12])
+    torch.testing.assert_close(aux_quarter, out.aux, atol=1e-6, rtol=1e-5)
+    assert aux_quarter > 0
+    with pytest.raises(SparseAEError, match=r"aux_fraction: expected a number in \(0, 1\], got 0"):
+        DenseConfig(aux_fraction=0)

@@ -115,7 +115,7 @@ import os, signal, sys
 from sparseae import checkpoint, cli, training
 where, at = sys.argv[1].split(":")
 at = int(at)
-save, step = checkpoint.save, training._Job.step
+save, step = checkpoint.save, training.Trainer.step
 
 def save_then_stop(run_dir, tensors, meta):
     path = save(run_dir, tensors, meta)
@@ -128,7 +128,7 @@ def stop_then_step(self, x, n):
         os.kill(os.getpid(), signal.SIGSTOP)
     return step(self, x, n)
 
-checkpoint.save, training._Job.step = save_then_stop, stop_then_step
+checkpoint.save, training.Trainer.step = save_then_stop, stop_then_step
 sys.exit(cli.main(sys.argv[2:]))
 """
 """A ``sparseae`` process that stops itself (SIGSTOP) ``before-step:N`` (the N-th optimizer step, 1-based)

@@ -19,8 +19,9 @@ import torch
 import sparseae
 from sparseae import checkpoint, cli, training
 from sparseae.io import read_tensors
+from sparseae.rundir import STEP_METRICS_FILE, read_step_metrics
 from sparseae.schedules import DECAYS, decay_steps, lr_at, penalty_scale_at
-from sparseae.step_metrics import STEP_METRICS_FILE, read_step_metrics
+from sparseae.training import trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -163,7 +164,7 @@ def _spy_on_steps(monkeypatch) -> list[dict[str, float]]:
         optimizer.step = spied
         return optimizer
 
-    monkeypatch.setattr(training, "make_optimizer", make_spied)
+    monkeypatch.setattr(trainer, "make_optimizer", make_spied)
     return seen
 
 
@@ -180,7 +181,7 @@ def test_the_optimizer_steps_with_the_schedules_rate(data, monkeypatch, optimize
 def test_adam_betas_reach_the_optimizer(data, monkeypatch, optimizer):
     built = []
     make = training.make_optimizer
-    monkeypatch.setattr(training, "make_optimizer", lambda model, config: built.append(make(model, config)) or built[-1])
+    monkeypatch.setattr(trainer, "make_optimizer", lambda model, config: built.append(make(model, config)) or built[-1])
     config = sparseae.TrainConfig(steps=2, batch_size=32, optimizer=optimizer, adam_beta1=0.5, adam_beta2=0.99)
     sparseae.train(_model(), data, config, progress=False)
     assert [g["betas"] for g in built[0].param_groups] == [(0.5, 0.99)]

@@ -13,7 +13,7 @@ For ablations, the config key "variant" overrides any of it:
 ``{"model": {DenseConfig fields}, "sparsity": {topk fields}, "train": {TrainConfig fields}}``.
 
 Measured like topk_common.run measures the peers: step_s is the wall time of
-each ``_Job.step`` call (the trainer's whole step); train_s is the whole
+each ``Trainer.step`` call (the trainer's whole step); train_s is the whole
 ``sparseae.train`` call less its per-epoch evaluations (so it also holds the
 data-dependent initialisation and the batch gathering); with curve_every, the
 held-out FVU on the first curve_rows rows every N steps, evaluation untimed.
@@ -42,6 +42,7 @@ from topk_common import Config, evaluate  # noqa: E402 - benchmarks/speed/topk_c
 import sparseae  # noqa: E402
 from sparseae import training  # noqa: E402
 from sparseae._config import to_dict  # noqa: E402
+from sparseae.training import trainer  # noqa: E402
 
 VARIANT_KEYS = {"model", "sparsity", "train"}
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     step_s: list[float] = []
     curve: list[dict] = []
     evals = {"s": 0.0}
-    step, evaluate_between_epochs = training._Job.step, training.evaluate
+    step, evaluate_between_epochs = training.Trainer.step, trainer.evaluate
 
     def timed_step(job, x, number):
         t0 = time.perf_counter()
@@ -104,11 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
         evals["s"] += time.perf_counter() - t1
         return result
 
-    training._Job.step, training.evaluate = timed_step, timed_evaluate
+    training.Trainer.step, trainer.evaluate = timed_step, timed_evaluate
     start = time.perf_counter()
     sparseae.train(model, data, train_cfg, progress=False)
     train_s = time.perf_counter() - start - evals["s"]
-    training._Job.step, training.evaluate = step, evaluate_between_epochs
+    training.Trainer.step, trainer.evaluate = step, evaluate_between_epochs
 
     with torch.no_grad():
         metrics = evaluate(encode_decode, test_np, cfg.n_latents)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "notes": "sparseae.train(build_preset('dense', topk k, n_latents, seed), Dataset(train, test), "
         "TrainConfig(**dense preset train_defaults, batch_size, steps, seed, device='cpu', **variant['train'])); "
-        "step_s times each _Job.step",
+        "step_s times each Trainer.step",
         "variant": variant,
         "model_config": model.describe(),
         "train_config": to_dict(train_cfg),

@@ -4,7 +4,7 @@ The model is what `sparseae train --model dense --sparsity topk` builds (pre-enc
 bias at the geometric median, tied initialisation, unit-norm decoder with the
 parallel gradient removed, AuxK with k_aux = d_in / 2 as sparsify and SAELens
 use), trained with Adam (torch's, eps 1e-8, as the peers) at a constant rate. Each
-step is the trainer's own (`_Job.step`: autocast, loss, backward, the non-finite
+step is the trainer's own (`Trainer.step`: autocast, loss, backward, the non-finite
 check, gradient projection, fused Adam, renormalisation). The geometric median is
 fitted on the first batch before the clock starts (the trainer does it once
 before the first step). Config keys beyond the common ones: "kernels" ("auto" or
@@ -23,7 +23,7 @@ from topk_common import Config, Worker, batch, run
 import sparseae
 from sparseae.models import DenseAutoencoder, DenseConfig
 from sparseae.sparsity import build_sparsity
-from sparseae.training import TrainConfig, _Job
+from sparseae.training import TrainConfig, Trainer
 
 
 def build(cfg: Config) -> Worker:
@@ -36,7 +36,7 @@ def build(cfg: Config) -> Worker:
     )  # fmt: skip
     train = TrainConfig(lr=cfg.lr, optimizer="adam", adam_eps=1e-8, precision=cfg.precision, kernels=kernels)
     model.initialise(batch(np.load(cfg.train, mmap_mode="r"), 0, cfg.batch_size))
-    job = _Job(model, train, None, torch.device("cpu"))
+    job = Trainer(model, train, None, torch.device("cpu"))
     job.begin_epoch()
     steps = iter(range(1, cfg.steps + 1))
 
@@ -52,7 +52,7 @@ def build(cfg: Config) -> Worker:
         model.train(was)
         return out.recon, out.code
 
-    notes = (f"sparseae._Job.step (the trainer's step), kernels={kernels}, precision={cfg.precision}; "
+    notes = (f"sparseae Trainer.step (the trainer's step), kernels={kernels}, precision={cfg.precision}; "
              f"DenseAutoencoder aux_k={cfg.d_in // 2}, dead after {window} rows without firing")  # fmt: skip
     return Worker(step, encode_decode, notes)
 

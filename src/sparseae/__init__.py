@@ -11,8 +11,7 @@ A model is an encoder, a pluggable sparsity constraint and a decoder::
     model = sparseae.load("runs/demo")            # the same model back
 """
 
-__version__ = "0.1.0"
-
+from sparseae._version import __version__  # noqa: F401  (the one place it is written)
 from sparseae.data import DataConfig, Dataset, load_data, load_mnist
 from sparseae.data.activations import ActivationConfig
 from sparseae.errors import SparseAEError

@@ -38,10 +38,10 @@ import torch
 from torch import Tensor, nn
 
 import sparseae
-from sparseae import io
+from sparseae import io, rundir
 from sparseae.errors import SparseAEError
 from sparseae.models import Autoencoder
-from sparseae.training import CONFIG_FILE, METRICS_FILE, RECONSTRUCTIONS_FILE, read_metrics, read_run_config
+from sparseae.rundir import CONFIG_FILE, METRICS_FILE, RECONSTRUCTIONS_FILE
 
 PARTS = ("encoder", "autoencoder")
 """What :func:`export_onnx` can export."""
@@ -246,7 +246,7 @@ def publish_folder(run_dir: str | Path, out_dir: str | Path, *, repo_id: str | N
         ``out_dir``.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    run = read_run_config(run_dir)
+    run = rundir.read_config(run_dir)
     if not ((run_dir / io.CFG_FILE).is_file() and (run_dir / io.MODEL_FILE).is_file()):
         raise SparseAEError(
             str(run_dir),
@@ -267,7 +267,7 @@ def publish_folder(run_dir: str | Path, out_dir: str | Path, *, repo_id: str | N
     _make_parent(out_dir)
     names = [io.MODEL_FILE, io.CFG_FILE, CONFIG_FILE, METRICS_FILE, RECONSTRUCTIONS_FILE]
     names = [n for n in names if (run_dir / n).is_file()]
-    card = model_card(model, run, read_metrics(run_dir), repo_id=repo_id, title=run_dir.resolve().name, license=license,
+    card = model_card(model, run, rundir.read_metrics(run_dir), repo_id=repo_id, title=run_dir.resolve().name, license=license,
                       files=[*names, CARD_FILE])  # fmt: skip
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:

@@ -88,6 +88,7 @@ class _TopKEncode(torch.autograd.Function):
         k: int,
         aux: Tensor | None,
         aux_k: int,
+        aux_rows: int,
         dtype: torch.dtype,
         block: int,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -95,20 +96,22 @@ class _TopKEncode(torch.autograd.Function):
         w, b = weight.to(dtype), bias.to(dtype)
         rows = len(x)
         aux_k = min(aux_k, len(aux)) if aux is not None else 0
-        values = torch.empty(rows, k + aux_k, dtype=torch.float32, device=x.device)
-        indices = torch.empty(rows, k + aux_k, dtype=torch.long, device=x.device)
+        aux_rows = min(aux_rows, rows)
+        values = torch.empty(rows, k, dtype=torch.float32, device=x.device)
+        indices = torch.empty(rows, k, dtype=torch.long, device=x.device)
+        aux_values = torch.empty(aux_rows, aux_k, dtype=torch.float32, device=x.device)
+        aux_indices = torch.empty(aux_rows, aux_k, dtype=torch.long, device=x.device)
         buffer = torch.empty(min(block, rows), len(weight), dtype=dtype, device=x.device)  # reused: no fresh pages per block
         with torch.autocast(x.device.type, enabled=False):
             for i in range(0, rows, block):
                 pre = buffer[: min(block, rows - i)]
                 torch.addmm(b, xc[i : i + block].to(dtype), w.T, out=pre)  # (block, n): stays in cache
                 v, j = pre.topk(k, dim=-1, sorted=False)
-                values[i : i + block, :k], indices[i : i + block, :k] = v, j
-                if aux_k:
-                    v, j = pre.index_select(1, aux).topk(aux_k, dim=-1, sorted=False)
-                    values[i : i + block, k:], indices[i : i + block, k:] = v, aux[j]
-        values.relu_()
-        code, extra = _sorted(values[:, :k], indices[:, :k]), _sorted(values[:, k:], indices[:, k:])
+                values[i : i + block], indices[i : i + block] = v, j
+                if aux_k and i < aux_rows:
+                    v, j = pre[: aux_rows - i].index_select(1, aux).topk(aux_k, dim=-1, sorted=False)
+                    aux_values[i : i + block], aux_indices[i : i + block] = v, aux[j]
+        code, extra = _sorted(values.relu_(), indices), _sorted(aux_values.relu_(), aux_indices)
         ctx.save_for_backward(xc, weight, *code, *extra)
         ctx.mark_non_differentiable(code[1], extra[1])
         return (*code, *extra)
@@ -117,15 +120,21 @@ class _TopKEncode(torch.autograd.Function):
     def backward(ctx: Any, grad_values: Tensor, _: Tensor, grad_aux: Tensor, __: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         xc, weight, values, indices, aux_values, aux_indices = ctx.saved_tensors
         n = weight.shape[0]
-        if aux_indices.shape[1]:
-            values, indices = torch.cat([values, aux_values], 1), torch.cat([indices, aux_indices], 1)
-            grad_values = torch.cat([grad_values, grad_aux], 1)
-        g = grad_values.float() * (values > 0)  # the ReLU's gradient
-        grad_bias = torch.zeros(n, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))  # column sums of G
-        grad_weight = scatter_rows(indices, g, xc.float(), n) if ctx.needs_input_grad[1] else None
-        grad_x = F.embedding_bag(indices, weight, per_sample_weights=g, mode="sum") if ctx.needs_input_grad[0] else None
+        # The main code and the AuxK code (on the first aux_rows rows) as one list of (row, latent, gradient).
+        parts = [(indices, grad_values.float() * (values > 0))]  # the ReLU's gradient
+        if aux_indices.numel():
+            parts.append((aux_indices, grad_aux.float() * (aux_values > 0)))
+        grad_bias = torch.zeros(n, device=xc.device)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_x = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
+        for j, g in parts:
+            grad_bias.index_add_(0, j.reshape(-1), g.reshape(-1))  # column sums of G
+            if grad_weight is not None:
+                grad_weight += scatter_rows(j, g, xc[: len(j)].float(), n)
+            if grad_x is not None:
+                grad_x[: len(j)] += F.embedding_bag(j, weight, per_sample_weights=g, mode="sum")
         grad_center = -(grad_bias @ weight) if ctx.needs_input_grad[3] else None  # the rows' G @ weight, summed
-        return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None, grad_center, *(None,) * 5
+        return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None, grad_center, *(None,) * 6
 
 
 def topk_encode(
@@ -138,6 +147,7 @@ def topk_encode(
     *,
     aux: Tensor | None = None,
     aux_k: int = 0,
+    aux_rows: int | None = None,
     block: int = BLOCK_ROWS,
 ) -> tuple[SparseCode, SparseCode]:
     """``relu(topk((x - center) @ weight.T + bias, k))`` without storing the pre-activations.
@@ -145,11 +155,12 @@ def topk_encode(
     ``weight`` is the encoder's ``(n, d)``; ``dtype`` the matmul's precision. The
     ReLU zeroes negative values among the k (their gradient is zero, as in the
     dense reference). With ``aux`` (indices of latents, e.g. the dead ones) the
-    second code holds each row's ``aux_k`` largest pre-activations among them
-    (AuxK); otherwise it is empty.
+    second code holds the ``aux_k`` largest pre-activations among them (AuxK) of
+    each of the first ``aux_rows`` rows (all rows if None); otherwise it is empty.
     """
     center = x.new_zeros(()) if center is None else center
-    values, indices, aux_values, aux_indices = _TopKEncode.apply(x, weight, bias, center, k, aux, aux_k, dtype, block)
+    aux_rows = len(x) if aux_rows is None else aux_rows
+    values, indices, aux_values, aux_indices = _TopKEncode.apply(x, weight, bias, center, k, aux, aux_k, aux_rows, dtype, block)
     return SparseCode(values, indices), SparseCode(aux_values, aux_indices)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sparseae.training import TrainConfig
+    from sparseae.training.config import TrainConfig
 
 DECAYS: dict[str, Callable[[float, float], float]] = {
     "linear": lambda p, floor: 1 - (1 - floor) * p,

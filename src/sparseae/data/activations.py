@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from sparseae._config import to_dict
 from sparseae.data.stream import Stream
+from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,6 @@ def _transformers() -> Any:
     return transformers
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the best device here (cuda, then mps, then cpu); anything else as given."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def load_lm(name_or_path: str, device: str = "auto") -> tuple[nn.Module, Any]:
     """A causal language model in eval mode on ``device``, and its tokenizer.
 
@@ -151,7 +141,7 @@ def load_lm(name_or_path: str, device: str = "auto") -> tuple[nn.Module, Any]:
         ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(resolve_device(device)).eval(), tokenizer
+    return model.to(pick_device(device)).eval(), tokenizer
 
 
 def module_names(model: nn.Module) -> list[str]:

@@ -257,7 +257,7 @@ def _encode_time_k(sparsity: Sparsity) -> int:
 
 
 def _export_metadata(model: DenseAutoencoder, hook_name: str | None, model_name: str | None) -> dict[str, Any]:
-    from sparseae import __version__
+    from sparseae._version import __version__
 
     return {
         "sae_lens_version": LAYOUT_VERSION,

@@ -43,6 +43,9 @@ class DenseConfig:
     reconstruct the residual; 0 switches it off."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss."""
+    aux_fraction: float = 1.0
+    """Share of each batch's rows that the AuxK loss is computed on (a random sample,
+    as batches are shuffled): its sparse backward costs aux_k / k times the main code's per row."""
     dead_window: int = 1_000_000
     """A latent is dead after this many training samples without firing, or after a
     whole epoch without firing where the training data is shorter than that."""
@@ -62,6 +65,8 @@ class DenseConfig:
         check(self.n_latents >= 1, "n_latents", expected="an integer >= 1", got=self.n_latents, fix="Use a positive code size.")
         check(self.aux_k >= 0, "aux_k", expected="an integer >= 0", got=self.aux_k, fix="Use 0 to switch AuxK off.")
         check(self.dead_window >= 1, "dead_window", expected="an integer >= 1", got=self.dead_window, fix="Count samples.")
+        fraction = self.aux_fraction
+        check(0 < fraction <= 1, "aux_fraction", expected="a number in (0, 1]", got=fraction, fix="Use 1 for every row.")
         for name in ("aux_coef", "weight_decay"):
             value = getattr(self, name)
             check(0 <= value < math.inf, name, expected="a finite number >= 0", got=value, fix="Use 0 to switch it off.")
@@ -137,7 +142,15 @@ class DenseAutoencoder(Autoencoder):
         dead = self._dead() if self.training and c.aux_k else None
         aux = dead.nonzero().squeeze(1) if dead is not None and dead.any() else None
         code, aux_code = kernels.topk_encode(
-            x.flatten(1), self.encoder.weight, self.encoder.bias, k, self._centre(), dtype, aux=aux, aux_k=c.aux_k
+            x.flatten(1),
+            self.encoder.weight,
+            self.encoder.bias,
+            k,
+            self._centre(),
+            dtype,
+            aux=aux,
+            aux_k=c.aux_k,
+            aux_rows=self._aux_rows(len(x)),
         )
         recon = self.output(kernels.sparse_decode(code, self.W_dec) + self.b_pre).view(-1, *c.input_shape)
         loss = self._weight_decay(recon)
@@ -145,7 +158,8 @@ class DenseAutoencoder(Autoencoder):
             dense = kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
             self._count_firing(kernels.fired(dense), len(x))
             if aux is not None:
-                loss = loss + self._auxk_loss(kernels.sparse_decode(aux_code, self.W_dec), x, recon)
+                rows = len(aux_code.values)
+                loss = loss + self._auxk_loss(kernels.sparse_decode(aux_code, self.W_dec), x[:rows], recon[:rows])
         else:
             dense = kernels.densify(code, c.n_latents)
         return ModelOutput(recon, dense, recon.new_zeros(()), loss, x)
@@ -162,11 +176,14 @@ class DenseAutoencoder(Autoencoder):
         dead = self._dead()
         self._count_firing(kernels.fired(code), len(code))
         if c.aux_k and dead.any():
-            k = min(c.aux_k, int(dead.sum()))
-            values, indices = pre.masked_fill(~dead, -torch.inf).topk(k, dim=-1, sorted=False)  # (B, k)
-            aux_code = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
-            loss = loss + self._auxk_loss(aux_code @ self.W_dec.T, x, recon)
+            k, rows = min(c.aux_k, int(dead.sum())), self._aux_rows(len(x))
+            values, indices = pre[:rows].masked_fill(~dead, -torch.inf).topk(k, dim=-1, sorted=False)  # (rows, k)
+            aux_code = torch.zeros_like(pre[:rows]).scatter_(-1, indices, torch.relu(values))
+            loss = loss + self._auxk_loss(aux_code @ self.W_dec.T, x[:rows], recon[:rows])
         return loss
+
+    def _aux_rows(self, rows: int) -> int:
+        return max(1, round(rows * self.config.aux_fraction))
 
     def _weight_decay(self, recon: Tensor) -> Tensor:
         c = self.config

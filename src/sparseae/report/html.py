@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sparseae import rundir
 from sparseae.data import Dataset
 from sparseae.io import atomic_write, load
 from sparseae.models import Autoencoder
@@ -202,13 +203,11 @@ def write_report(
     progress: bool = False,
 ) -> Path:
     """Write ``report.html`` for a run: config, metrics, curves, reconstructions, features, density, feature browser."""
-    from sparseae.training import CONFIG_FILE, load_run_data, read_metrics, read_run_config
-
     run_dir = Path(run_dir)
-    run = read_run_config(run_dir)
+    run = rundir.read_config(run_dir)
     model = load(run_dir)
-    data = data or load_run_data(run_dir, run, fix="Pass the data: write_report(run, data=...).")
-    metrics = read_metrics(run_dir)
+    data = data or rundir.load_run_data(run_dir, run, fix="Pass the data: write_report(run, data=...).")
+    metrics = rundir.read_metrics(run_dir)
     codes = model.encode_all(data.test)
     browser = browser_data(model, data, codes, max_latents, progress)
     with torch.no_grad():
@@ -232,7 +231,7 @@ def write_report(
         '<option value="mean">mean activation</option></select></label>'
         '<div id="grid"></div><div id="detail"><div id="info"></div><div id="tops"></div></div>'
     )
-    parts.append(f"<h2>Configuration</h2><p>{escape(str(run_dir / CONFIG_FILE))}</p>" + _table(_flatten(run)))
+    parts.append(f"<h2>Configuration</h2><p>{escape(str(run_dir / rundir.CONFIG_FILE))}</p>" + _table(_flatten(run)))
     path = Path(out) if out else run_dir / REPORT_FILE
     atomic_write(path, _page(f"sparseae report: {run_dir.name}", "\n".join(parts), browser).encode())
     return path
@@ -240,11 +239,10 @@ def write_report(
 
 def comparison_rows(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """One row per finished run: its name, model, constraint, hyperparameters and final metrics."""
-    from sparseae.training import read_metrics, read_run_config
 
     rows = []
     for run_dir in map(Path, run_dirs):
-        run, metrics = read_run_config(run_dir), read_metrics(run_dir)
+        run, metrics = rundir.read_config(run_dir), rundir.read_metrics(run_dir)
         if metrics:
             sparsity = run["model"]["sparsity"]
             rows.append({"run": run_dir.name, "model": run["model"]["kind"], "sparsity": sparsity["name"],

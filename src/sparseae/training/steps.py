@@ -1,4 +1,4 @@
-"""Training metrics every N optimizer steps (``TrainConfig.metrics_every``): ``RUN/metrics-steps.jsonl``.
+"""Training metrics every N optimizer steps (`TrainConfig.metrics_every`): the lines of `RUN/metrics-steps.jsonl`.
 
 Each line averages the steps since the line before, so that a run of one epoch still
 has curves. The running sums travel in every checkpoint, so a resumed run writes the
@@ -7,9 +7,7 @@ lines an uninterrupted one would (their ``samples_per_s`` aside).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +15,6 @@ from torch import Tensor
 
 from sparseae import distributed, kernels
 
-STEP_METRICS_FILE = "metrics-steps.jsonl"
 _KEYS = ("train_loss", "train_recon", "train_penalty", "train_aux", "l0")
 
 
@@ -67,20 +64,6 @@ class StepWindow:
         self.sums, self.fired = tensors["sums"].to(self.sums), tensors["fired"].to(self.fired)
         self.seen, self.skipped, self.seconds = int(tensors["seen"]), int(tensors["skipped"]), float(tensors["seconds"])
         self.since = time.perf_counter()
-
-
-def read_step_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics-steps.jsonl`` (empty without one); a line cut short by a crash is left out."""
-    path = Path(run_dir) / STEP_METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def postfix(lines: list[dict[str, Any]]) -> dict[str, Any]:
