@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import sparseae
-from sparseae.export import export_onnx, load_hub, looks_like_repo_id, model_card, publish_folder
+from sparseae.interop import hub
+from sparseae.interop.hub import load_hub, looks_like_repo_id, model_card, publish_folder
+from sparseae.interop.onnx import export_onnx
 from sparseae.models import DenseAutoencoder, DenseConfig
 from sparseae.sparsity import Sparsity
 
@@ -285,3 +287,16 @@ def test_load_hub_errors(tmp_path, offline):
 )  # fmt: skip
 def test_looks_like_repo_id(name, expected):
     assert looks_like_repo_id(name) is expected
+
+
+def test_load_takes_a_mistyped_local_path_for_a_path_not_a_repo_id(tmp_path, monkeypatch):
+    # "runs/nope" has a repo id's form, but "runs" is a local directory: a missing run, not a Hub download.
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    tried = []
+    monkeypatch.setattr(hub, "load_hub", lambda *a, **k: tried.append(a))
+    with pytest.raises(sparseae.SparseAEError, match=r"^runs/nope: expected a run or model directory .*got no such directory"):
+        sparseae.load("runs/nope")
+    assert not tried
+    sparseae.load("someone/sae")  # no local "someone": a repo id
+    assert tried == [("someone/sae",)]

@@ -15,7 +15,8 @@ from sparseae._version import __version__  # noqa: F401  (the one place it is wr
 from sparseae.data import DataConfig, Dataset, load_data, load_mnist
 from sparseae.data.activations import ActivationConfig
 from sparseae.errors import SparseAEError
-from sparseae.io import load, save_model
+from sparseae.interop.hub import load
+from sparseae.io import save_model
 from sparseae.models import Autoencoder, ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig, build_preset, mnist_conv
 from sparseae.sparsity import Sparsity, build_sparsity, list_sparsities, penalty, register
 from sparseae.training import TrainConfig, TrainResult, evaluate, probe, read_metrics, resume, sweep, train

@@ -291,13 +291,10 @@ def available_memory() -> int | None:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
-    """Load a model from a run directory, a directory holding ``cfg.json`` + ``model.safetensors``
-    (e.g. a Hub model folder), or a Hugging Face Hub repository ``user/repo`` (downloaded once, cached)."""
-    if isinstance(path, str) and not Path(path).exists():
-        from sparseae.export import load_hub, looks_like_repo_id
+    """Load a model from a local directory holding ``cfg.json`` + ``model.safetensors`` (a run, or a Hub model folder).
 
-        if looks_like_repo_id(path):
-            return load_hub(path, device=device)
+    [`sparseae.load`][sparseae.load] also takes a Hub repo id.
+    """
     path = Path(path)
     if not (path / CFG_FILE).is_file():
         raise SparseAEError(

@@ -1,8 +1,12 @@
-"""Moving models between sparseae and other SAE toolkits' file layouts.
+"""Other tools' formats, one module each: ONNX graphs (`onnx`), Hugging Face Hub model folders (`hub`),
+SAELens's files (`saelens`).
 
-Nothing here needs the other toolkit installed: each format is read and written directly.
+Nothing here needs the other toolkit installed to write its files: each format is written directly
+(ONNX needs the `onnx` package; loading by repo id needs `huggingface_hub`).
 """
 
+from sparseae.interop.hub import load_hub, model_card, publish_folder
+from sparseae.interop.onnx import export_onnx
 from sparseae.interop.saelens import export_saelens, import_saelens
 
-__all__ = ["export_saelens", "import_saelens"]
+__all__ = ["export_onnx", "export_saelens", "import_saelens", "load_hub", "model_card", "publish_folder"]
