@@ -37,7 +37,6 @@ import difflib
 import itertools
 import logging
 import math
-import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseae._config import to_dict
+from sparseae.data.config import ActivationConfig
 from sparseae.data.stream import Stream
 from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check
@@ -55,60 +55,8 @@ from sparseae.errors import SparseAEError, check
 log = logging.getLogger(__name__)
 
 INSTALL_FIX = "Install the language-model extra: pip install 'sparseae[lm]'."
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _DOCS_PER_CALL = 64
 """Documents handed to the tokenizer at once (a fast tokenizer works on a list in parallel)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ActivationConfig:
-    """Which activations of which language model, computed on which text."""
-
-    model: str
-    """Hugging Face model name (e.g. gpt2) or a local directory saved with save_pretrained."""
-    module: str
-    """Dotted name of the module whose output is collected, e.g. transformer.h.6: the output of a GPT-2 block is the residual
-    stream after that block (block i = hidden_states[i + 1] of the model, except the last block, whose hidden state Hugging Face
-    reports after the final layer norm)."""
-    text: str
-    """The documents: a .txt file (documents separated by blank lines), a directory of .txt files (read recursively, in sorted
-    order), or hf:<dataset>[:<config>] for a Hugging Face data set (streamed)."""
-    text_column: str = "text"
-    """Column of the Hugging Face data set that holds the text."""
-    split: str = "train"
-    """Split of the Hugging Face data set."""
-    context_length: int = 128
-    """Tokens per sequence, BOS included; longer documents are cut into several sequences, each starting with BOS."""
-    tokens: int = 1_000_000
-    """How many activation rows (tokens) to collect."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    exclude_bos: bool = True
-    """Leave the BOS position out of the rows (and unreplaced when measuring CE loss recovered): its activation is an outlier
-    that no document token resembles. No effect when the tokenizer has no BOS token."""
-    device: str = "auto"
-    """Where the language model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
-
-    def __post_init__(self) -> None:
-        for name in ("model", "module", "text", "text_column", "split", "device"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise SparseAEError(name, expected="a non-empty string", got=repr(value), fix=f"Set {name}.")
-        if self.text.startswith("hf:") and not self.text[3:].split(":")[0]:
-            raise SparseAEError(
-                "text",
-                expected="hf:<dataset>[:<config>]",
-                got=repr(self.text),
-                fix="Name the data set, e.g. hf:roneneldan/TinyStories.",
-            )
-        for name, low in (("context_length", 2), ("tokens", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise SparseAEError(name, expected=f"an integer >= {low}", got=repr(value), fix=f"Set {name} to at least {low}.")
-        if not _DEVICE.fullmatch(self.device):
-            raise SparseAEError(
-                "device", expected="auto, cpu, cuda, cuda:N or mps", got=repr(self.device), fix="Pick one of those."
-            )
 
 
 # --- the model ----------------------------------------------------------------------------------------------------------

@@ -3,108 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sparseae.data.activations import ActivationConfig
+from sparseae.data.config import DataConfig
 from sparseae.data.stream import Stream
-from sparseae.data.tables import DELIMITER_NAMES, delimiter_char
 from sparseae.errors import SparseAEError, check
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where a data set comes from, so a run can load it again (resume, eval)."""
-
-    source: str = "mnist"
-    """What to train on: 'mnist' (shipped), 'fashion-mnist' or 'kmnist' (downloaded on first
-    use); an array file (.npy .npz .safetensors .pt .csv .parquet); a directory of images
-    (labels from sub-folder names); a directory of MNIST-layout IDX files; a shard cache
-    (a directory with manifest.json, e.g. from `sparseae cache-activations`); 'patches' or
-    'patches:PATH' (natural-image patches of scikit-learn's photos or of your images); or
-    'lm' (language-model activations, set by the --lm-* flags)."""
-    test_source: str | None = None
-    """Test samples from a separate file or directory, in the same form as the source.
-    Otherwise sources without a test split hold out --test-fraction of their rows."""
-    test_fraction: float = 0.1
-    """Share of the rows held out for testing when the source has no test split (random
-    blocks of neighbouring rows, the same for every run on the same file)."""
-    train_limit: int | None = None
-    """Use only the first N training samples (all when unset)."""
-    test_limit: int | None = None
-    """Use only the first N test samples (all when unset)."""
-    key: str | None = None
-    """The array holding the samples in a .npz, .safetensors or .pt file with several
-    (found by itself for one array, 'x', or Keras' x_train/x_test)."""
-    label_column: str | None = None
-    """Labels: a CSV/Parquet column (name or number) or an array name in .npz/.safetensors/.pt."""
-    columns: str | None = None
-    """The feature columns of a CSV or Parquet file, comma-separated: names, 0-based numbers,
-    FIRST:LAST ranges (both ends included) or patterns such as 'pixel*'. All columns but the
-    label column when unset. The columns used are logged."""
-    drop_columns: str | None = None
-    """Columns of a CSV or Parquet file to leave out (an id or row-number column, text
-    columns), in the same forms as --columns."""
-    csv_delimiter: str | None = None
-    """The character between the values of a CSV file: ',', ';', '|', 'tab' or 'space' (or
-    any other one character). Found by itself when unset: the one of these that splits the
-    first rows into the same number of fields."""
-    image_size: int | None = None
-    """Resize images to this many pixels square (needed when a folder's images differ in size)."""
-    image_mode: Literal["auto", "gray", "rgb"] = "auto"
-    """Colour of images and patches: 'auto' is gray when every image is, else RGB."""
-    patch_size: int = 8
-    """Side of the square natural-image patches (source 'patches')."""
-    n_patches: int = 50_000
-    """Patches to cut, train and test together (source 'patches')."""
-    load: Literal["auto", "memory", "stream"] = "auto"
-    """'memory' reads the data into RAM; 'stream' reads shuffled batches from disk through a
-    buffer (.npy, .safetensors and shard caches), for data larger than memory; 'auto'
-    streams those files when they are larger than --memory-limit-gb."""
-    memory_limit_gb: float = 4.0
-    """Files larger than this are streamed under --load auto."""
-    shuffle_buffer: int = 262_144
-    """Rows in the shuffle buffer of streamed data: batches are drawn at random from this
-    many rows, read in chunks from across the file."""
-    lm: ActivationConfig | None = None
-    """For source 'lm': which language model's activations, on which text (the --lm-* flags).
-    The first test_fraction x tokens rows of the text (at most 16,384) are held out for testing."""
-
-    def __post_init__(self) -> None:
-        check(
-            0 < self.test_fraction < 1,
-            "test_fraction",
-            expected="a fraction between 0 and 1 (exclusive)",
-            got=self.test_fraction,
-            fix="Use e.g. 0.1.",
-        )
-        for name in ("train_limit", "test_limit", "image_size"):
-            value = getattr(self, name)
-            check(value is None or value >= 1, name, expected="a positive integer, or unset", got=value, fix="Leave it unset.")
-        for name in ("patch_size", "n_patches", "shuffle_buffer"):
-            value = getattr(self, name)
-            check(value >= 1, name, expected="a positive integer", got=value, fix=f"Pass a positive {name}.")
-        for name in ("columns", "drop_columns"):
-            value = getattr(self, name)
-            check(
-                value is None or value.strip(" ,") != "",
-                name,
-                expected="column names or numbers, comma-separated",
-                got=repr(value),
-                fix="Name at least one column, or leave it unset.",
-            )
-        delimiter = self.csv_delimiter and delimiter_char(self.csv_delimiter)
-        check(
-            delimiter is None or len(delimiter) == 1 and not delimiter.isalnum() and delimiter not in "\r\n\"'.-+",
-            "csv_delimiter",
-            expected="one character that is not part of a number or a quote, or one of " + ", ".join(DELIMITER_NAMES),
-            got=repr(self.csv_delimiter),
-            fix="For example --csv-delimiter ';' or --csv-delimiter tab.",
-        )
-        check(self.memory_limit_gb > 0, "memory_limit_gb", expected="a number > 0", got=self.memory_limit_gb, fix="Use e.g. 4.")
 
 
 @dataclass(frozen=True)

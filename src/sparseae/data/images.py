@@ -85,7 +85,7 @@ def load_image_folder(
             fix="Pass the folder that holds the images, or sub-folders of images named by label.",
         )
     hw = _check_size(size)
-    _check_mode(mode, MODES)
+    check_mode(mode, MODES)
     files = image_files(root)
     check(
         len(files) >= 2,
@@ -96,7 +96,7 @@ def load_image_folder(
     )
     # Split, labels and sizes are all checked before any pixel is decoded: a large folder fails fast.
     train_rows, test_rows = holdout_rows(len(files), test_fraction, what=str(root))
-    infos = [_scan(f) for f in files]
+    infos = [scan(f) for f in files]
     labels, label_names = _labels(root, files)
     if hw is None:
         first = infos[0]
@@ -140,7 +140,7 @@ def read_image(file: str | Path, *, gray: bool, size: tuple[int, int] | None = N
             pixels = _pixels(img)  # (H, W, C), C = 1 or 3
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise _unreadable(file, e) from e
-    return _finish(pixels, gray=gray, size=size)
+    return finish(pixels, gray=gray, size=size)
 
 
 def image_files(path: Path, *, what: str | None = None) -> list[Path]:
@@ -169,14 +169,14 @@ def image_files(path: Path, *, what: str | None = None) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class _Info:
+class ImageInfo:
     file: Path
     hw: tuple[int, int]
     """(height, width) once the EXIF orientation is applied."""
     gray: bool
 
 
-def _scan(file: Path) -> _Info:
+def scan(file: Path) -> ImageInfo:
     """Size and colour of an image from its header, so sizes are checked before anything is decoded."""
     from PIL import Image
 
@@ -185,7 +185,7 @@ def _scan(file: Path) -> _Info:
             width, height = img.size
             if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn the image a quarter
                 width, height = height, width
-            return _Info(file, (height, width), _is_gray(img))
+            return ImageInfo(file, (height, width), _is_gray(img))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise _unreadable(file, e) from e
 
@@ -212,7 +212,7 @@ def _pixels(img: PILImage.Image) -> np.ndarray:
     return a
 
 
-def _finish(pixels: np.ndarray, *, gray: bool, size: tuple[int, int] | None) -> Tensor:
+def finish(pixels: np.ndarray, *, gray: bool, size: tuple[int, int] | None) -> Tensor:
     """(H, W, C) float pixels -> (C', H', W') tensor: channels to the mode asked for, then resized."""
     if gray and pixels.shape[-1] == 3:
         pixels = pixels @ np.asarray(LUMA, dtype=np.float32)
@@ -264,7 +264,7 @@ def _check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(hw[0]), int(hw[1])
 
 
-def _check_mode(mode: str, modes: tuple[str, ...]) -> None:
+def check_mode(mode: str, modes: tuple[str, ...]) -> None:
     check(
         mode in modes,
         "mode",

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sparseae.data.dataset import Dataset
-from sparseae.data.images import MODES, ImageMode, _check_mode, _finish, _scan, image_files, read_image
+from sparseae.data.images import MODES, ImageMode, check_mode, finish, image_files, read_image, scan
 from sparseae.data.split import holdout_rows
 from sparseae.errors import SparseAEError, check
 
@@ -63,7 +63,7 @@ def load_patches(
         got=repr(n_patches),
         fix="Use e.g. n_patches=10_000.",
     )
-    _check_mode(mode, MODES)
+    check_mode(mode, MODES)
     train_rows, test_rows = holdout_rows(n_patches, test_fraction, what="n_patches")
     named = _read_images(images, mode)
     for name, img in named:
@@ -125,7 +125,7 @@ def _read_images(images: str | Path | Sequence[str | Path] | None, mode: str) ->
                 fix="Check the path.",
             )
     # "auto" reads every header first: whether the set is gray depends on all of them.
-    gray = mode == "gray" or (mode == "auto" and all(_scan(f).gray for f in files))
+    gray = mode == "gray" or (mode == "auto" and all(scan(f).gray for f in files))
     return [(str(f), read_image(f, gray=gray)) for f in files]
 
 
@@ -142,6 +142,6 @@ def _sample_photographs(mode: str) -> list[tuple[str, Tensor]]:
     photos = load_sample_images()
     gray = mode == "gray"  # both photographs are colour, so "auto" means RGB
     return [
-        (f"sklearn sample {Path(name).name}", _finish(img.astype(np.float32) / 255.0, gray=gray, size=None))
+        (f"sklearn sample {Path(name).name}", finish(img.astype(np.float32) / 255.0, gray=gray, size=None))
         for name, img in zip(photos.filenames, photos.images, strict=True)
     ]
