@@ -11,6 +11,7 @@ the same place in bfloat16.
 from __future__ import annotations
 
 import copy
+import functools
 import platform
 
 import numpy as np
@@ -223,8 +224,8 @@ def dense_topk(seed: int = 0, sparsity: object = None, **config) -> DenseAutoenc
 
 def auto_and_reference(model: DenseAutoencoder) -> tuple[DenseAutoencoder, DenseAutoencoder]:
     auto, ref = copy.deepcopy(model), copy.deepcopy(model)
-    auto.kernels, ref.kernels = "auto", "reference"
-    assert auto.uses_kernels() and not ref.uses_kernels()
+    ref.forward = functools.partial(ref.forward, kernels="reference")  # what the trainer passes with kernels="reference"
+    assert auto.uses_kernels() and not ref.uses_kernels("reference")
     return auto, ref
 
 
@@ -286,7 +287,7 @@ def test_auxk_dead_set_counts_samples_before_the_batch_in_both_paths():
         model.encoder.bias[100:] = -100.0  # latents 100-127 never fire
     for m in auto_and_reference(model):
         auxes = [m(torch.randn(48, 32)).aux.item() for _ in range(3)]
-        assert auxes[0] == auxes[1] == 0 and auxes[2] > 0, (m.kernels, auxes)
+        assert auxes[0] == auxes[1] == 0 and auxes[2] > 0, auxes
         assert (m.samples_since_fired[100:] == 144).all()
 
 
@@ -320,9 +321,7 @@ def test_uses_kernels_only_for_topk_itself_and_kernels_auto():
     x = torch.randn(5, 32)
     with torch.no_grad():
         assert torch.equal(subclassed(x).code, subclassed.encode(x))  # the subclass's forward ran (values doubled)
-    model = dense_topk()
-    model.kernels = "reference"
-    assert not model.uses_kernels()
+    assert not dense_topk().uses_kernels("reference")
 
 
 # --- training ---
@@ -363,7 +362,6 @@ def test_training_with_kernels_auto_ends_where_reference_does(blob_runs):
     for (name, a), r in zip(auto.model.state_dict().items(), ref.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=0, msg=name)
     assert auto.model.W_dec.T.is_contiguous()
-    assert auto.model.uses_kernels() and not ref.model.uses_kernels()  # the trainer set model.kernels
     for a, r in zip(auto.metrics, ref.metrics, strict=True):
         for key in COMPARED:
             assert a[key] == pytest.approx(r[key], abs=1e-6), (a["epoch"], key)
@@ -532,3 +530,21 @@ def test_auxk_on_a_fraction_of_the_rows_is_the_loss_of_those_rows():
     assert aux_quarter > 0
     with pytest.raises(SparseAEError, match=r"aux_fraction: expected a number in \(0, 1\], got 0"):
         DenseConfig(aux_fraction=0)
+
+
+@pytest.mark.parametrize("kernels_, precision", [("auto", "float32"), ("reference", "float32"), ("auto", "bfloat16")])
+def test_the_trainer_passes_kernels_and_precision_to_the_model(kernels_, precision, monkeypatch):
+    seen = []
+    forward = DenseAutoencoder.forward
+
+    def spy(self, x, **kwargs):
+        seen.append(kwargs)
+        return forward(self, x, **kwargs)
+
+    monkeypatch.setattr(DenseAutoencoder, "forward", spy)
+    data = sparseae.Dataset("blobs", torch.randn(64, 32), torch.randn(16, 32))
+    sparseae.train(
+        dense_topk(), data, sparseae.TrainConfig(steps=2, batch_size=32, kernels=kernels_, precision=precision), progress=False
+    )
+    dtype = torch.bfloat16 if precision == "bfloat16" else None
+    assert seen[:2] == [{"kernels": kernels_, "dtype": dtype}] * 2  # the two steps; evaluation calls it plainly

@@ -21,15 +21,11 @@ float32.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# The CSR matrices here are built from valid TopK indices; torch would warn once that CSR is in beta.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 BLOCK_ROWS = 512
 """Rows of pre-activations computed at a time: 512 x 16,384 float32 is 32 MiB, about an L3 cache."""

@@ -1,10 +1,10 @@
-"""Process settings that make CPU training faster: how glibc hands memory to PyTorch.
+"""Process-wide settings, applied by the trainer on purpose (never at import): how glibc hands memory
+to PyTorch, and the warnings the sparse kernels would raise.
 
 A training step allocates and frees the same large tensors every time. glibc
 serves each allocation above 128 KiB-32 MiB with a fresh ``mmap`` and returns it
-on free, so every step page-faults its activations in again: on this project's
-machine that was a third of a convolutional step and a quarter of a TopK SAE
-step. :func:`keep_freed_memory` tells glibc to serve large blocks from the heap
+on free, so every step page-faults its activations in again (what that costs:
+docs/performance.md). `keep_freed_memory` tells glibc to serve large blocks from the heap
 and keep freed memory for reuse. Peak memory is unchanged; memory freed at the
 end of training stays with the process until it exits.
 """
@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+import warnings
 
 log = logging.getLogger("sparseae")
 
@@ -41,3 +42,9 @@ def keep_freed_memory() -> bool:
     if _done:
         log.debug("glibc: large blocks from the heap, freed memory kept for reuse")
     return _done
+
+
+def quiet_sparse_warnings() -> None:
+    """Silence torch's one-time "Sparse CSR tensor support is in beta" warning: the kernels build their CSR
+    matrices from valid TopK indices (`sparseae.kernels`), so it says nothing a user can act on."""
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)

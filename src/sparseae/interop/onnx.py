@@ -172,7 +172,7 @@ def export_onnx(
 
 def _legacy_exporter() -> dict[str, Any]:
     # torch >= 2.9 defaults to the torch.export-based exporter, which needs onnxscript and is
-    # ~10x slower here; torch < 2.5 has no `dynamo` argument and only the TorchScript exporter.
+    # takes seconds per graph (docs/export.md); torch < 2.5 has no `dynamo` argument and only the TorchScript exporter.
     return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 

@@ -49,9 +49,6 @@ class Autoencoder(nn.Module):
     config_class: type
     input_fields: tuple[str, ...] = ()
     """Config fields that the data decides (e.g. the image size); not user settings."""
-    kernels: str = "auto"
-    """'auto': use faster kernels where a model has them (the dense model's sparse TopK path);
-    'reference': plain PyTorch operations everywhere. The trainer sets it from ``TrainConfig.kernels``."""
 
     def __init__(self, config: Any, sparsity: Sparsity, preprocess: str | tuple[str, ...] | None = None):
         super().__init__()
@@ -92,8 +89,17 @@ class Autoencoder(nn.Module):
         """The sparse code of raw inputs ``x``, ``(B, n_latents)``."""
         return self.sparsity(self.pre_activations(self.preprocess(x)))
 
-    def forward(self, x: Tensor) -> ModelOutput:
-        """Preprocess, encode, constrain, decode: everything the loss needs, for raw inputs ``x``."""
+    def forward(self, x: Tensor, *, kernels: str = "auto", dtype: torch.dtype | None = None) -> ModelOutput:
+        """Preprocess, encode, constrain, decode: everything the loss needs, for raw inputs ``x``.
+
+        Args:
+            x: Raw inputs, ``(B, *input_shape)``.
+            kernels: 'auto': faster kernels where the model has them (the dense model's sparse
+                TopK path); 'reference': plain PyTorch operations. The trainer passes
+                `TrainConfig.kernels`.
+            dtype: The precision of the fast kernels' matmuls (bfloat16 under
+                `TrainConfig.precision="bfloat16"`); plain operations follow autocast.
+        """
         x = self.preprocess(x)
         pre = self.pre_activations(x)
         code = self.sparsity(pre)

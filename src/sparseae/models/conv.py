@@ -106,7 +106,7 @@ class ConvAutoencoder(Autoencoder):
         self.rotate = c.padding == "tf"
         if c.init == "keras":
             self.apply(_glorot_zero)
-        # Channels-last convolutions run about 1.5x faster on CPU (oneDNN) here.
+        # Channels-last: oneDNN's faster convolution layout on CPU (docs/performance.md).
         self.to(memory_format=torch.channels_last)
 
     @property

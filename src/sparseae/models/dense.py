@@ -9,11 +9,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from sparseae import distributed, kernels
+from sparseae import distributed
+from sparseae import kernels as topk_kernels
 from sparseae.errors import check
 from sparseae.models.base import Autoencoder, ModelOutput, register_model
 from sparseae.sparsity import Sparsity
-from sparseae.sparsity.topk import TopK
 
 
 @dataclass(frozen=True)
@@ -131,17 +131,17 @@ class DenseAutoencoder(Autoencoder):
         out = self.output(code @ self.W_dec.T + self.b_pre)  # (B, d_in)
         return out.view(-1, *self.config.input_shape)
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def forward(self, x: Tensor, *, kernels: str = "auto", dtype: torch.dtype | None = None) -> ModelOutput:
         # The sparse CSR operations run on CPU and CUDA; the kernels compute in float32 (or bfloat16).
-        if not self.uses_kernels() or x.device.type not in ("cpu", "cuda") or self.W_dec.dtype != torch.float32:
+        k = self.sparsity.sparse_k() if kernels == "auto" else None
+        if k is None or x.device.type not in ("cpu", "cuda") or self.W_dec.dtype != torch.float32:
             return super().forward(x)
         # TopK through the sparse kernels: the same function as the dense path (tests/test_kernels.py).
-        c, k = self.config, self.sparsity.active()
+        c, dtype = self.config, dtype or torch.float32
         x = self.preprocess(x)
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else torch.float32
         dead = self._dead() if self.training and c.aux_k else None
         aux = dead.nonzero().squeeze(1) if dead is not None and dead.any() else None
-        code, aux_code = kernels.topk_encode(
+        code, aux_code = topk_kernels.topk_encode(
             x.flatten(1),
             self.encoder.weight,
             self.encoder.bias,
@@ -152,21 +152,22 @@ class DenseAutoencoder(Autoencoder):
             aux_k=c.aux_k,
             aux_rows=self._aux_rows(len(x)),
         )
-        recon = self.output(kernels.sparse_decode(code, self.W_dec) + self.b_pre).view(-1, *c.input_shape)
+        recon = self.output(topk_kernels.sparse_decode(code, self.W_dec) + self.b_pre).view(-1, *c.input_shape)
         loss = self._weight_decay(recon)
         if self.training:
-            dense = kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
-            self._count_firing(kernels.fired(dense), len(x))
+            dense = topk_kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
+            self._count_firing(topk_kernels.fired(dense), len(x))
             if aux is not None:
                 rows = len(aux_code.values)
-                loss = loss + self._auxk_loss(kernels.sparse_decode(aux_code, self.W_dec), x[:rows], recon[:rows])
+                loss = loss + self._auxk_loss(topk_kernels.sparse_decode(aux_code, self.W_dec), x[:rows], recon[:rows])
         else:
-            dense = kernels.densify(code, c.n_latents)
+            dense = topk_kernels.densify(code, c.n_latents)
         return ModelOutput(recon, dense, recon.new_zeros(()), loss, x)
 
-    def uses_kernels(self) -> bool:
-        """Whether :meth:`forward` runs the sparse TopK kernels (:mod:`sparseae.kernels`): a TopK code and ``kernels="auto"``."""
-        return self.kernels == "auto" and type(self.sparsity) is TopK
+    def uses_kernels(self, kernels: str = "auto") -> bool:
+        """Whether `forward(x, kernels=kernels)` runs the sparse TopK kernels (`sparseae.kernels`) on CPU or CUDA
+        float32 weights: with `kernels="auto"` and a constraint that offers them (`Sparsity.sparse_k`)."""
+        return kernels == "auto" and self.sparsity.sparse_k() is not None
 
     def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
         c = self.config
@@ -174,7 +175,7 @@ class DenseAutoencoder(Autoencoder):
         if not self.training:
             return loss
         dead = self._dead()
-        self._count_firing(kernels.fired(code), len(code))
+        self._count_firing(topk_kernels.fired(code), len(code))
         if c.aux_k and dead.any():
             k, rows = min(c.aux_k, int(dead.sum())), self._aux_rows(len(x))
             values, indices = pre[:rows].masked_fill(~dead, -torch.inf).topk(k, dim=-1, sorted=False)  # (rows, k)

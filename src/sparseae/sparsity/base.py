@@ -48,6 +48,12 @@ class Sparsity(nn.Module):
     with no state changed by calling it: then a model may fit its encoder's scale at
     initialisation (:meth:`DenseAutoencoder.encoder_scale_fit`)."""
 
+    def sparse_k(self) -> int | None:
+        """k, when this constraint's code is exactly the ReLU of each row's k largest pre-activations (in
+        the current mode): then a model may compute it with the sparse TopK kernels (`sparseae.kernels`)
+        instead of calling `forward`. None (the default) for every other constraint."""
+        return None
+
     def forward(self, pre: Tensor) -> Tensor:
         """The code for pre-activations ``pre`` of shape ``(B, n_latents)``."""
         raise NotImplementedError

@@ -45,8 +45,8 @@ class KerasAdam(torch.optim.Adam):
 class TransposedStep:
     """Steps parameters stored transposed (the dense model's latent-major decoder) through their contiguous transpose.
 
-    Fused Adam is ~5x slower on a transposed tensor than on a contiguous one; the
-    update is elementwise, so stepping ``p.T`` (with its gradient and moments
+    Fused Adam is several times slower on a transposed tensor than on a contiguous one
+    (docs/performance.md); the update is elementwise, so stepping ``p.T`` (with its gradient and moments
     transposed alike) is the same update. Outside :meth:`step` every tensor has
     its parameter's own shape, so checkpoints are unchanged.
     """
@@ -74,7 +74,7 @@ class TransposedStep:
 
 
 def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
-    # Fused Adam updates each parameter in one pass: ~4x faster than foreach for large dictionaries on CPU.
+    # Fused Adam updates each parameter in one pass (docs/performance.md: against foreach on large dictionaries).
     devices = {p.device.type for p in model.parameters()}
     fused = config.kernels == "auto" and devices <= {"cpu", "cuda"} or None
     betas = (config.adam_beta1, config.adam_beta2)

@@ -60,9 +60,12 @@ class Trainer:
 
     def __init__(self, model: Autoencoder, config: TrainConfig, run_dir: Path | None, device: torch.device):
         self.model, self.config, self.run_dir, self.device = model.to(device).train(), config, run_dir, device
-        model.kernels = config.kernels
-        if config.kernels == "auto" and device.type == "cpu":
-            runtime.keep_freed_memory()
+        if config.kernels == "auto":
+            runtime.quiet_sparse_warnings()
+            if device.type == "cpu":
+                runtime.keep_freed_memory()
+        # What the fast kernels are told: plain operations follow the autocast around the forward pass.
+        self.kernel_args = {"kernels": config.kernels, "dtype": torch.bfloat16 if config.precision == "bfloat16" else None}
         self.optimizer = make_optimizer(model, config)
         self.transposed = TransposedStep(self.optimizer) if config.kernels == "auto" else contextlib.nullcontext()
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
@@ -94,7 +97,7 @@ class Trainer:
         if len(x) == 0:  # a distributed epoch's tail, too short to share: skipped on every rank
             return torch.full((), torch.nan), x.new_zeros((0, model.n_latents))
         with self.autocast:
-            out = self.forward(x)
+            out = self.forward(x, **self.kernel_args)
         recon = reconstruction_loss(self.config.loss, out.recon.float(), out.target)
         scale = penalty_scale_at(step, self.config)
         penalty = out.penalty if scale == 1.0 else out.penalty * scale
