@@ -221,6 +221,18 @@ def _config(tmp: Path, content: object) -> list[str]:
     return ["train", "--config", _text(tmp, "c.json", text), *TINY]
 
 
+def _run_config(edit: Callable[[dict], object]) -> Setup:
+    """``train --config RUN/config.json``: a copy of the shared run's config.json that ``edit`` changed."""
+
+    def setup(tmp: Path, env: Env) -> list[str]:
+        (tmp / "RUN").mkdir()
+        path = Path(shutil.copy(env.run / "config.json", tmp / "RUN" / "config.json"))
+        _edit_json(path, edit)
+        return ["train", "--config", str(path)]
+
+    return setup
+
+
 def _edit_json(path: Path, edit: Callable[[dict], object]) -> None:
     data = json.loads(path.read_text())
     edit(data)
@@ -371,8 +383,33 @@ CASES: list[Case] = [
         ),
         Case(
             "flag-unknown", "A flag the command does not have", "train --bogus 3",
-            "sparseae: error: unrecognized arguments: --bogus 3",
+            "sparseae: error: unrecognized arguments: --bogus 3. `sparseae train --help` lists its flags.",
             lambda tmp, env: ["train", "--bogus", "3"],
+        ),
+        Case(
+            "flag-abbreviated", "A flag cut short (no abbreviations)", "train --epoch 1",
+            "unrecognized arguments: --epoch 1. --epoch: did you mean --epochs?",
+            lambda tmp, env: ["train", "--epoch", "1"],
+        ),
+        Case(
+            "flag-of-another-constraint", "A hyperparameter of a constraint not chosen", "train --k 8",
+            "unrecognized arguments: --k 8. --k belongs to the constraints topk, batchtopk: add --sparsity topk.",
+            lambda tmp, env: ["train", "--k", "8"],
+        ),
+        Case(
+            "flag-of-another-model", "A field of a model not chosen", "train --model dense --channels 8,16",
+            "--channels belongs to the model mnist-conv: add --model mnist-conv.",
+            lambda tmp, env: ["train", "--model", "dense", "--channels", "8,16"],
+        ),
+        Case(
+            "flag-of-another-command", "A flag of another command", "train --format onnx",
+            "unrecognized arguments: --format onnx. --format belongs to `sparseae export`.",
+            lambda tmp, env: ["train", "--format", "onnx"],
+        ),
+        Case(
+            "flag-switch-with-value", "A value after a switch", "train --tensorboard yes",
+            "unrecognized arguments: yes. --tensorboard takes no value: write --tensorboard or --no-tensorboard.",
+            lambda tmp, env: ["train", "--tensorboard", "yes"],
         ),
         Case(
             "flag-batch-size-zero", "A count below 1", "train --batch-size 0",
@@ -513,7 +550,8 @@ CASES: list[Case] = [
     *_in("Config files (`--config FILE.json`)", [
         Case(
             "config-unknown-key", "Config file with an unknown key", ("train --config c.json", 'c.json holds `{"epoch": 3}`'),
-            "c.json: key 'epoch': expected a flag of this command, one of …, got 'epoch'. Remove or rename the key.",
+            "c.json: key 'epoch': expected a flag of this command, one of …, got 'epoch'. "
+            "Remove or rename the key (did you mean 'epochs'?).",
             lambda tmp, env: _config(tmp, {"epoch": 3}),
         ),
         Case(
@@ -559,6 +597,20 @@ CASES: list[Case] = [
             "config-missing", "Config file that does not exist", "train --config nowhere.json",
             "nowhere.json: expected a JSON file, got no such file. Check the path.",
             lambda tmp, env: ["train", "--config", str(tmp / "nowhere.json")],
+        ),
+        Case(
+            "config-run-in-memory", "A run's config.json, of a run on in-memory data",
+            ("train --config RUN/config.json", "its data entry is null"),
+            "RUN/config.json: expected a run trained on data that the command line can name, got a run trained on in-memory data "
+            "(config.json holds no data entry). Pass the data with --data.",
+            _run_config(lambda run: run.update(data=None)),
+        ),
+        Case(
+            "config-run-model-kind", "A run's config.json, of a model the CLI does not build",
+            ("train --config RUN/config.json", 'its model kind is "mine"'),
+            "RUN/config.json: model kind: expected one that `sparseae train` builds (conv, dense), got 'mine'. "
+            "Train this model from Python.",
+            _run_config(lambda run: run["model"].update(kind="mine")),
         ),
         Case(
             "config-is-a-directory", "Config file that is a directory", "train --config conf/",

@@ -28,6 +28,14 @@ def test_train_writes_a_run_and_prints_its_figures(run_dir, capsys):
     assert sparseae.load(run_dir).n_latents == 32
 
 
+def test_a_run_trains_again_from_its_own_config_json(run_dir, tmp_path, capsys):
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run_dir / "config.json"), "--out", str(again), "--quiet"]) == 0
+    assert json.loads((again / "config.json").read_text()) == json.loads((run_dir / "config.json").read_text())
+    last = [json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (run_dir, again)]
+    assert last[1]["test_mse"] == pytest.approx(last[0]["test_mse"], rel=1e-5)
+
+
 def test_train_prints_run_and_metrics(tmp_path, capsys):
     assert main(["train", *SMALL, "--out", str(tmp_path / "r"), "--sparsity", "none", "--steps", "3"]) == 0
     out = capsys.readouterr().out

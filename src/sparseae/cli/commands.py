@@ -1,0 +1,291 @@
+"""The ``sparseae`` commands: each takes the parsed arguments, calls the public API and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparseae._config import from_dict
+from sparseae.cli.flags import arg_type, hyperparameters
+from sparseae.data import ActivationConfig, DataConfig, Dataset, load_data
+from sparseae.data.inputs import TABLE_SUFFIXES, absolute_source, read_inputs, table_options
+from sparseae.data.shards import ShardReader
+from sparseae.devices import pick_device
+from sparseae.errors import SparseAEError, check
+from sparseae.io import atomic_write, load, read_json
+from sparseae.models import build_preset, get_preset
+from sparseae.report import write_comparison, write_report
+from sparseae.rundir import CONFIG_FILE, load_run_data, read_config
+from sparseae.sparsity import build_sparsity
+from sparseae.training import TrainConfig, probe, resume
+from sparseae.training import evaluate as evaluate_model
+from sparseae.training import sweep as sweep_models
+from sparseae.training import train as train_model
+
+log = logging.getLogger("sparseae")
+
+
+# --- train and sweep ---------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.resume is not None:
+        result = resume(args.resume, progress=progress)
+    else:
+        config, data, name = _setup(args)
+        sparsity = build_sparsity(name, **vars(args.hp))
+        model = build_preset(
+            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **_model_fields(args)
+        )
+        out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
+        log.info("training %s with %s(%s) on %s -> %s", args.model, name, sparsity.extra_repr(), data.name, out)
+        result = train_model(model, data, config, out, progress=progress)
+    final = result.metrics[-1] if result.metrics else {}
+    print(f"run: {result.run_dir}")
+    if final:
+        test = {k[5:]: v for k, v in final.items() if k.startswith("test_")}
+        print(format_metrics(test, f"test metrics after epoch {final['epoch']}"))
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    config, data, name = _setup(args)
+    hp, model_fields = vars(args.hp), _model_fields(args)
+    key, values = _swept(args, name)
+    models = {}
+    for value in values:
+        params, fields = dict(hp), dict(model_fields)
+        (params if key in hp else fields)[key] = value
+        sparsity = build_sparsity(name, **params)
+        models[f"{key}={value}"] = build_preset(
+            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **fields
+        )
+    out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{key}"
+    start = time.perf_counter()
+    results = sweep_models(models, data, config, out, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    page = write_comparison([r.run_dir for r in results.values()], Path(out) / "compare.html")
+    print(f"sweep: {len(models)} models in {seconds:.1f}s -> {out}")
+    for label, result in results.items():
+        last = result.metrics[-1]
+        print(f"  {label:<16} L0 {last['test_l0']:8.2f}  FVU {last['test_fvu']:.4f}  dead {last['test_dead_units']}")
+    print(f"comparison: {page}")
+    return 0
+
+
+def _swept(args: argparse.Namespace, name: str) -> tuple[str, list[Any]]:
+    """``--param`` as a field name and ``--values`` parsed by its type."""
+    hp, settable = vars(args.hp), vars(args.model_fields)
+    key = args.param.replace("-", "_")
+    if key not in hp and key not in settable:
+        raise SparseAEError(
+            "--param",
+            expected=f"a hyperparameter of {name} ({', '.join(hp) or 'none'}) or a model field ({', '.join(settable)})",
+            got=repr(args.param),
+            fix="Pick one of those.",
+        )
+    parse = _param_type(args, key, name)
+    try:
+        values = [parse(v.strip()) for v in args.values.split(",") if v.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise SparseAEError("--values", expected=str(e).split(", got")[0].removeprefix("expected "), got=repr(args.values),
+                            fix=f"Give comma-separated values of {key}.") from None  # fmt: skip
+    check(len(values) >= 1, "--values", expected="one or more comma-separated values", got=repr(args.values), fix="E.g. 8,16,32.")
+    return key, values
+
+
+def _param_type(args: argparse.Namespace, key: str, name: str) -> Any:
+    """A parser for values of the swept setting, from its type annotation."""
+    if key in vars(args.hp):
+        hint = hyperparameters(name)[key][0]
+    else:
+        hints = typing.get_type_hints(get_preset(args.model).model.config_class)
+        hint = hints.get(key, float)  # expansion_factor: an option of the preset, not a config field
+    return arg_type(hint, "--values")
+
+
+def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
+    config = TrainConfig.for_preset(args.model, **vars(args.train))  # no --lr: the preset's rate
+    lm = lm_config(args.lm) if args.data.source == "lm" else None
+    data_config = DataConfig(**vars(args.data), lm=lm)
+    data_config = dataclasses.replace(
+        data_config,
+        source=absolute_source(data_config.source),
+        test_source=data_config.test_source and absolute_source(data_config.test_source),
+    )
+    return config, load_data(data_config), args.sparsity or get_preset(args.model).sparsity
+
+
+def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags for build_preset; those left unset (n_latents beside --expansion-factor) take the preset's default."""
+    return {k: v for k, v in vars(args.model_fields).items() if v is not None}
+
+
+def _default_run_dir(model: str, sparsity: str) -> Path:
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{sparsity}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def lm_config(lm: argparse.Namespace) -> ActivationConfig:
+    """The ``--lm-*`` flags as an ActivationConfig, its paths made absolute."""
+    values = dict(vars(lm))
+    missing = [f"--lm-{name}" for name in ("model", "module", "text") if values[name] is None]
+    if missing:
+        raise SparseAEError(
+            "language-model activations",
+            expected="--lm-model, --lm-module and --lm-text",
+            got=f"no {', '.join(missing)}",
+            fix="For example --lm-model gpt2 --lm-module transformer.h.6 --lm-text corpus.txt.",
+        )
+    if not values["text"].startswith("hf:"):
+        values["text"] = str(Path(values["text"]).resolve())
+    if Path(values["model"]).exists():
+        values["model"] = str(Path(values["model"]).resolve())
+    return ActivationConfig(**values)
+
+
+def cache_activations(args: argparse.Namespace) -> int:
+    from sparseae.data.activations import cache_activations as cache_lm_activations
+
+    out = cache_lm_activations(lm_config(args.lm), args.out, rows_per_shard=args.rows_per_shard, progress=not args.quiet)
+    meta = ShardReader(out).metadata
+    print(f"cached {meta.get('rows')} rows of width {meta.get('d_model')} in {out} ({meta.get('tokens_per_s')} tokens/s)")
+    return 0
+
+
+# --- commands that read a run --------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    _check_batch_size(args)
+    device = pick_device(args.device)
+    model = load(args.run_dir, device)
+    data = _run_data(args.run_dir, args.data)
+    metrics = evaluate_model(model, data.test, args.batch_size, device)
+    if args.probe:
+        metrics["linear_probe"] = probe(model, data, args.batch_size)
+    if args.ce_loss:
+        metrics.update(_ce_loss(model, args.run_dir, args.ce_batches))
+    print(format_metrics(metrics, f"{args.run_dir} on {data.name} test ({len(data.test)} samples)"))
+    return 0
+
+
+def _run_data(run_dir: Path, override: str | None) -> Dataset:
+    run = read_config(run_dir)
+    if override is not None:
+        saved = from_dict(DataConfig, run["data"], f"{run_dir} data") if run["data"] else DataConfig()
+        return load_data(dataclasses.replace(saved, source=absolute_source(override), test_source=None))
+    return load_run_data(run_dir, run, fix="Pass --data.")
+
+
+def _check_batch_size(args: argparse.Namespace) -> None:
+    check(args.batch_size >= 1, "--batch-size", expected="an integer >= 1", got=args.batch_size, fix="Use e.g. 1000.")
+
+
+def _ce_loss(model: Any, run_dir: Path, batches: int) -> dict[str, float]:
+    """CE loss recovered for a run trained on language-model activations, live or cached."""
+    from sparseae.lm_eval import ce_loss_recovered_with, run_language_model
+
+    run = read_config(run_dir)
+    lm = run_language_model(run, str(run_dir))
+    if lm is None:
+        raise SparseAEError(
+            "--ce-loss",
+            expected="a run trained on language-model activations (--data lm, or a cache-activations directory)",
+            got=f"a run trained on {run['data']['source'] if run['data'] else 'in-memory data'}",
+            fix="Use --ce-loss only for language-model SAEs.",
+        )
+    return ce_loss_recovered_with(model, lm, max_batches=batches)
+
+
+def export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from sparseae.export import export_onnx
+
+        path = export_onnx(load(args.run_dir), args.out, part=args.part)
+    elif args.format == "saelens":
+        from sparseae.interop import export_saelens
+
+        path = export_saelens(load(args.run_dir), args.out, hook_name=args.hook_name, model_name=args.model_name)
+    else:
+        from sparseae.export import publish_folder
+
+        path = publish_folder(args.run_dir, args.out, repo_id=args.repo_id)
+    print(f"{args.format}: {path}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    read_config(args.run_dir)
+    check(args.max_latents >= 1, "--max-latents", expected="an integer >= 1", got=args.max_latents, fix="Pass a positive number.")
+    path = write_report(args.run_dir, out=args.out, max_latents=args.max_latents, progress=not args.quiet)
+    print(f"report: {path}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    for run_dir in args.run_dirs:
+        read_config(run_dir)
+    path = write_comparison(args.run_dirs, args.out)
+    print(f"comparison: {path}")
+    return 0
+
+
+def encode(args: argparse.Namespace) -> int:
+    _check_batch_size(args)
+    if args.output.exists() and not args.overwrite:
+        raise SparseAEError(
+            str(args.output),
+            expected="a path that does not exist yet",
+            got="an existing file",
+            fix="Choose another --output or pass --overwrite.",
+        )
+    check(
+        args.output.suffix == ".npy",
+        "--output",
+        expected="a path ending in .npy",
+        got=args.output,
+        fix="Name the file CODES.npy.",
+    )
+    device = pick_device(args.device)
+    model = load(args.run_dir, device)
+    if args.input is None:
+        x = _run_data(args.run_dir, None).test
+    else:
+        x = read_inputs(args.input, model.input_shape, _table_options(args.run_dir, args.input))
+    model.check_input(tuple(x.shape[1:]), str(args.input or "the run's test data"))
+    out = model.encode_all(x, args.batch_size).numpy()
+    buffer = io.BytesIO()
+    np.save(buffer, out)
+    atomic_write(args.output, buffer.getvalue())
+    print(f"codes: {args.output} {out.shape} (L0 {float((out != 0).sum(1).mean()):.2f})")
+    return 0
+
+
+def _table_options(run_dir: Path, path: Path) -> dict[str, Any]:
+    """For a CSV/Parquet file to encode: the columns the run was trained on; nothing for other files or a bare model."""
+    config = Path(run_dir) / CONFIG_FILE
+    if path.suffix.lower() not in TABLE_SUFFIXES or not config.is_file():
+        return {}
+    run = read_json(config)
+    return table_options(run.get("data") if isinstance(run, dict) else None, path)
+
+
+def format_metrics(metrics: dict[str, Any], title: str) -> str:
+    lines = [title]
+    for key, value in metrics.items():
+        lines.append(f"  {key:<16} {value:.6g}" if isinstance(value, float) else f"  {key:<16} {value}")
+    return "\n".join(lines)
