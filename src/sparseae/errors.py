@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 
 class SparseAEError(ValueError):
     """A user-facing error. The CLI prints it in one or two lines and exits with 2.
@@ -34,3 +38,27 @@ def check(condition: bool, what: str, *, expected: str, got: object, fix: str) -
     """Raise :class:`SparseAEError` unless ``condition`` holds."""
     if not condition:
         raise SparseAEError(what, expected=expected, got=str(got), fix=fix)
+
+
+# --- the one validator of numbers: configs, constraints and the scikit-learn estimator all use these ---
+
+
+def positive_int(value: Any, what: str, fix: str = "Pass a positive whole number.") -> int:
+    """``value`` as an int, when it is a whole number >= 1 (not a bool); else a `SparseAEError`."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    check(ok, what, expected="an integer >= 1", got=repr(value), fix=fix)
+    return int(value)
+
+
+def positive_number(value: Any, what: str, fix: str = "Pass a positive number.") -> float:
+    """``value`` as a float, when it is a finite real number > 0 (not a bool); else a `SparseAEError`."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < math.inf
+    check(ok, what, expected="a finite number > 0", got=repr(value), fix=fix)
+    return float(value)
+
+
+def non_negative_number(value: Any, what: str, fix: str) -> float:
+    """``value`` as a float, when it is a finite real number >= 0 (not a bool); else a `SparseAEError`."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf
+    check(ok, what, expected="a finite number >= 0", got=repr(value), fix=fix)
+    return float(value)

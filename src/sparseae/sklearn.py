@@ -37,7 +37,7 @@ except ImportError as e:  # validate_data is new in scikit-learn 1.6
     ) from None
 
 from sparseae.data import Dataset
-from sparseae.errors import SparseAEError, check
+from sparseae.errors import SparseAEError, check, positive_int, positive_number
 from sparseae.models import DenseConfig, build_preset
 from sparseae.sparsity import Sparsity, build_sparsity, get_sparsity
 from sparseae.training import TrainConfig, train
@@ -303,22 +303,8 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
 
 def _positive_int(value: Any, what: str) -> int:
-    check(
-        isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
-        what,
-        expected="an integer >= 1",
-        got=repr(value),
-        fix=f"Pass a positive {what}.",
-    )
-    return int(value)
+    return positive_int(value, what, fix=f"Pass a positive {what}.")
 
 
 def _positive_float(value: Any, what: str) -> float:
-    check(
-        isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < float("inf"),
-        what,
-        expected="a finite number > 0",
-        got=repr(value),
-        fix=f"Pass a positive {what}, e.g. 1e-3.",
-    )
-    return float(value)
+    return positive_number(value, what, fix=f"Pass a positive {what}, e.g. 1e-3.")

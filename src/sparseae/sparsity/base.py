@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from sparseae.errors import SparseAEError
+from sparseae.errors import SparseAEError, non_negative_number, positive_int, positive_number
 
 
 class Sparsity(nn.Module):
@@ -156,28 +156,17 @@ def build_sparsity(name: str, **params: Any) -> Sparsity:
 
 def check_weight(value: float, what: str) -> float:
     """A finite, non-negative penalty weight."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")):
-        raise SparseAEError(
-            what,
-            expected="a finite number >= 0",
-            got=repr(value),
-            fix="Use 0 to switch the penalty off.",
-        )
-    return float(value)
+    return non_negative_number(value, what, fix="Use 0 to switch the penalty off.")
 
 
 def check_positive(value: float, what: str) -> float:
     """A finite number > 0."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
-        raise SparseAEError(what, expected="a finite number > 0", got=repr(value), fix="Pass a positive number.")
-    return float(value)
+    return positive_number(value, what)
 
 
 def check_positive_int(value: int, what: str) -> int:
     """An integer >= 1."""
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise SparseAEError(what, expected="an integer >= 1", got=repr(value), fix="Pass a positive whole number.")
-    return value
+    return positive_int(value, what)
 
 
 def check_open_unit(value: float, what: str) -> float:

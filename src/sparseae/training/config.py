@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from sparseae.errors import check
+from sparseae.errors import check, positive_int, positive_number
 from sparseae.models import Autoencoder, get_preset
 
 
@@ -100,8 +100,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            check(value >= 1, name, expected="an integer >= 1", got=value, fix=f"Pass a positive {name}.")
+            positive_int(getattr(self, name), name, fix=f"Pass a positive {name}.")
         check(
             self.checkpoint_every is None or self.checkpoint_every >= 1,
             "checkpoint_every",
@@ -120,8 +119,7 @@ class TrainConfig:
             fix="Leave it unset to train by epochs.",
         )
         for name in ("lr", "adam_eps"):
-            value = getattr(self, name)
-            check(0 < value < math.inf, name, expected="a finite number > 0", got=value, fix=f"Pass a positive {name}.")
+            positive_number(getattr(self, name), name, fix=f"Pass a positive {name}.")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
             check(0 <= value < 1, name, expected="a number in [0, 1)", got=value, fix="For example 0.9 or 0.999.")
