@@ -20,8 +20,8 @@ import sparseae
 from sparseae import checkpoint, cli, training
 from sparseae.io import read_tensors
 from sparseae.rundir import STEP_METRICS_FILE, read_step_metrics
-from sparseae.schedules import DECAYS, decay_steps, lr_at, penalty_scale_at
 from sparseae.training import trainer
+from sparseae.training.schedules import DECAYS, decay_steps, lr_at, penalty_scale_at
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

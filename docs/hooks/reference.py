@@ -1,7 +1,7 @@
 """MkDocs hooks that fill in the reference pages from the code at build time, so they cannot drift from it.
 
 - ``reference/cli.md``: ``<!-- cli-reference -->`` becomes the ``--help`` of ``sparseae`` and of every
-  command, as ``sparseae.cli._parser`` builds them, plus the flags that depend on ``--model`` and
+  command, as ``sparseae.cli.build_parser`` builds them, plus the flags that depend on ``--model`` and
   ``--sparsity`` (each preset's model flags, each registered constraint's hyperparameters).
 - ``reference/api.md``: ``<!-- api-unlisted -->`` becomes an entry for every name in
   ``sparseae.__all__`` that the page does not already document, so a new public name is never missing.
@@ -39,9 +39,9 @@ def _group_help(parser: argparse.ArgumentParser, title: str) -> str:
 
 def commands(argv: list[str] | None = None) -> dict[str, argparse.ArgumentParser]:
     """Every ``sparseae`` subcommand's parser, by name, in the order ``sparseae --help`` lists them."""
-    from sparseae.cli import _parser
+    from sparseae.cli import build_parser
 
-    parser = _parser(argv or [])
+    parser = build_parser(argv or [])
     (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
 
@@ -52,11 +52,11 @@ def _block(text: str) -> str:
 
 def cli_reference() -> str:
     """The command-line reference in Markdown: one section per command with its full ``--help``."""
-    from sparseae.cli import _parser
+    from sparseae.cli import build_parser
     from sparseae.models.presets import get_preset, list_presets
     from sparseae.sparsity import list_sparsities
 
-    out = ["## `sparseae`\n", _block(_help(_parser([])))]
+    out = ["## `sparseae`\n", _block(_help(build_parser([])))]
     for name, parser in commands().items():
         out += [f"## `sparseae {name}`\n", _block(_help(parser))]
         if name == "sweep":

@@ -8,6 +8,4 @@ gives their defaults from a file (:mod:`sparseae.cli.config_file`); the commands
 
 from sparseae.cli.app import build_parser, main
 
-_parser = build_parser  # the name docs/hooks/reference.py imports
-
 __all__ = ["build_parser", "main"]

@@ -213,7 +213,7 @@ def _ce_loss(model: Any, run_dir: Path, batches: int) -> dict[str, float]:
 
 def export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
-        from sparseae.export import export_onnx
+        from sparseae.interop.onnx import export_onnx
 
         path = export_onnx(load(args.run_dir), args.out, part=args.part)
     elif args.format == "saelens":
@@ -221,7 +221,7 @@ def export(args: argparse.Namespace) -> int:
 
         path = export_saelens(load(args.run_dir), args.out, hook_name=args.hook_name, model_name=args.model_name)
     else:
-        from sparseae.export import publish_folder
+        from sparseae.interop.hub import publish_folder
 
         path = publish_folder(args.run_dir, args.out, repo_id=args.repo_id)
     print(f"{args.format}: {path}")

@@ -1,8 +1,8 @@
-"""Pictures of what a model learned."""
+"""The report of a run (report.html) and the comparison of runs (compare.html); pictures come from `sparseae.pictures`."""
 
-from sparseae.report.features import feature_images, save_feature_grid
+from sparseae.pictures.features import feature_images, save_feature_grid
+from sparseae.pictures.images import encode_png, image_grid, save_image_grid
 from sparseae.report.html import write_comparison, write_report
-from sparseae.report.images import encode_png, image_grid, save_image_grid
 
 __all__ = [
     "encode_png",

@@ -23,9 +23,9 @@ from sparseae import rundir
 from sparseae.data import Dataset
 from sparseae.io import atomic_write, load
 from sparseae.models import Autoencoder
+from sparseae.pictures.features import feature_tiles, image_shape
+from sparseae.pictures.images import encode_png, image_grid
 from sparseae.report.charts import Series, chart
-from sparseae.report.features import feature_tiles, image_shape
-from sparseae.report.images import encode_png, image_grid
 
 REPORT_FILE, COMPARE_FILE = "report.html", "compare.html"
 TOP_INPUTS = 12

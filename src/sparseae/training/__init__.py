@@ -3,8 +3,7 @@ the loop over epochs (`loop`) and scoring (`evaluation`). The run directory it w
 [`sparseae.rundir`][sparseae.rundir]."""
 
 from sparseae.devices import pick_device
-from sparseae.rundir import CONFIG_FILE, load_run_data, read_metrics  # noqa: F401  (CONFIG_FILE, load_run_data: until the CLI reads sparseae.rundir)
-from sparseae.rundir import read_config as read_run_config  # noqa: F401  (likewise)
+from sparseae.rundir import read_metrics
 from sparseae.training.config import TrainConfig, TrainResult
 from sparseae.training.evaluation import evaluate, probe, save_reconstructions
 from sparseae.training.loop import PREPARE_SAMPLES, Interrupted, epoch_batches, epoch_order, resume, sweep, train

@@ -12,7 +12,7 @@ from sparseae.data import Dataset
 from sparseae.errors import check
 from sparseae.metrics import Accumulator, linear_probe
 from sparseae.models import Autoencoder
-from sparseae.report.images import save_image_grid
+from sparseae.pictures.images import save_image_grid
 
 
 @torch.no_grad()

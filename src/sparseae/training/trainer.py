@@ -18,13 +18,13 @@ from sparseae.data import Dataset
 from sparseae.errors import SparseAEError
 from sparseae.io import append_text, save_model
 from sparseae.models import Autoencoder
-from sparseae.report.features import feature_tiles
-from sparseae.report.images import image_grid
+from sparseae.pictures.features import feature_tiles
+from sparseae.pictures.images import image_grid
 from sparseae.rundir import METRICS_FILE, RECONSTRUCTIONS_FILE, STEP_METRICS_FILE
-from sparseae.schedules import lr_at, penalty_scale_at
 from sparseae.training.config import TrainConfig, TrainResult
 from sparseae.training.evaluation import evaluate, save_reconstructions
 from sparseae.training.optim import TransposedStep, make_optimizer
+from sparseae.training.schedules import lr_at, penalty_scale_at
 from sparseae.training.steps import StepWindow
 
 log = logging.getLogger("sparseae")

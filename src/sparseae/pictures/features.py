@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sparseae.models import Autoencoder, ConvAutoencoder, DenseAutoencoder
-from sparseae.report.images import save_image_grid
+from sparseae.pictures.images import save_image_grid
 
 
 def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
