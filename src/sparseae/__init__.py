@@ -1,6 +1,6 @@
 """sparseae: train, evaluate and explore sparse autoencoders.
 
-A model is an encoder, a pluggable sparsity constraint and a decoder::
+A model is an encoder, a pluggable sparsity constraint and a decoder:
 
     import sparseae
 

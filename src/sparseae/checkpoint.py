@@ -7,7 +7,7 @@ temporary file (flush, fsync), then hard-links the current one to
 ``checkpoint-prev.safetensors``, then renames the new one over
 ``checkpoint.safetensors``. So ``checkpoint.safetensors`` exists at every instant after
 the first save (a reader or a resume never finds it missing), the previous one is kept,
-and :func:`load_latest` falls back to it when the latest is truncated or corrupt. A
+and `load_latest` falls back to it when the latest is truncated or corrupt. A
 failed write (a full disk) leaves both as they were.
 """
 

@@ -1,13 +1,13 @@
 """Training on several processes with PyTorch's own engine (torchrun, DistributedDataParallel).
 
 ``torchrun --nproc_per_node=N -m sparseae train ...`` starts N processes; each one calls
-:func:`init_from_env`, which joins the process group torchrun describes (NCCL on GPUs,
+`init_from_env`, which joins the process group torchrun describes (NCCL on GPUs,
 gloo on CPUs). The trainer then splits every global batch evenly across the ranks, wraps
 the model in ``DistributedDataParallel`` and weights each rank's loss by its share of
 the batch, so the gradient is the one a single process would compute on the whole
 batch. Statistics that need the whole batch are reduced across ranks with the helpers
 below: BatchTopK's global selection and threshold, WTA's per-unit selection, AuxK's
-dead-latent counts and its residual scale, and (with a gradient, :func:`all_sum_grad`)
+dead-latent counts and its residual scale, and (with a gradient, `all_sum_grad`)
 KL's mean activation. Outside a process group every helper is the identity.
 """
 

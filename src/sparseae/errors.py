@@ -25,7 +25,7 @@ class SparseAEError(ValueError):
 class DiskError(SparseAEError):
     """A file could not be written: the disk is full, or the directory is read-only or gone.
 
-    Raised by every write of :mod:`sparseae.io`, naming the file; what was on disk
+    Raised by every write of `sparseae.io`, naming the file; what was on disk
     before the write is left as it was. ``error`` is the operating system's error.
     """
 
@@ -35,7 +35,7 @@ class DiskError(SparseAEError):
 
 
 def check(condition: bool, what: str, *, expected: str, got: object, fix: str) -> None:
-    """Raise :class:`SparseAEError` unless ``condition`` holds."""
+    """Raise `SparseAEError` unless ``condition`` holds."""
     if not condition:
         raise SparseAEError(what, expected=expected, got=str(got), fix=fix)
 

@@ -35,7 +35,7 @@ os.umask(_UMASK)
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half.
 
-    A failed write (a full disk, a read-only directory) raises :class:`DiskError` naming
+    A failed write (a full disk, a read-only directory) raises `DiskError` naming
     ``path`` and leaves no temporary file behind.
     """
     path = Path(path)
@@ -75,7 +75,7 @@ def replace_keeping_previous(path: str | Path, data: bytes, previous: str | Path
 def append_text(path: str | Path, text: str) -> None:
     """Append ``text`` to ``path`` (created if missing) and fsync it; a failed write cuts the file back to what it was.
 
-    So a full disk never leaves half a line behind; the failure is a :class:`DiskError` naming ``path``.
+    So a full disk never leaves half a line behind; the failure is a `DiskError` naming ``path``.
     """
     path = Path(path)
     data = text.encode()
@@ -136,7 +136,7 @@ def disk_error(path: Path, error: OSError, kept: str = "the files written before
 def _staged(path: Path, data: bytes) -> Iterator[str]:
     """A temporary file beside ``path`` holding ``data`` (flushed and fsynced), removed unless it was renamed.
 
-    Every ``OSError`` inside (writing it, or what the caller does with it) becomes a :class:`DiskError` naming ``path``.
+    Every ``OSError`` inside (writing it, or what the caller does with it) becomes a `DiskError` naming ``path``.
     """
     if not path.parent.is_dir():
         raise SparseAEError(

@@ -4,11 +4,11 @@ A dense TopK autoencoder spends up to five matmuls of ``B x d x n`` per step:
 the encoder's forward and its two gradients, the decoder's forward and its two.
 With k of n latents active, only the encoder's forward is needed in full:
 
-- :func:`topk_encode` computes the pre-activations in blocks of rows, keeps each
+- `topk_encode` computes the pre-activations in blocks of rows, keeps each
   block's top k while it is still in cache (the full ``(B, n)`` matrix is never
   stored), and its backward scatters the k gradients per row into the weight
   gradient (``k / n`` of the dense cost);
-- :func:`sparse_decode` sums the k selected decoder columns per row
+- `sparse_decode` sums the k selected decoder columns per row
   (``embedding_bag``), and its backward takes the k dot products per row that
   the code's gradient needs (a sampled matmul) and scatters the rows of the
   output gradient into the decoder's weight gradient.

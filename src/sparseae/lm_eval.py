@@ -36,7 +36,7 @@ def run_language_model(run: dict[str, Any], what: str) -> ActivationConfig | Non
 def ce_loss_recovered_with(sae: Any, lm: ActivationConfig, *, max_batches: int = 16) -> dict[str, float]:
     """CE loss recovered of ``sae`` in the language model and layer of ``lm``, on its texts.
 
-    See :func:`sparseae.data.activations.ce_loss_recovered` for the figures it returns.
+    See `sparseae.data.activations.ce_loss_recovered` for the figures it returns.
     """
     from sparseae.data.activations import ce_loss_recovered, load_lm, read_texts
 

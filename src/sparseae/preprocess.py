@@ -1,6 +1,6 @@
 """Input preprocessing fitted on the training data and kept inside the model.
 
-A model's :class:`Preprocessing` is fitted once, before training, on a sample of the
+A model's `Preprocessing` is fitted once, before training, on a sample of the
 training inputs; its fitted values are buffers of the model, saved and loaded with its
 weights. So ``model.encode(raw)`` after ``sparseae.load`` gives the codes the model was
 trained to give, and ``model.reconstruct(raw)`` comes back in the raw inputs' units.

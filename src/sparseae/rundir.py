@@ -1,6 +1,6 @@
 """The run directory: what ``sparseae train`` writes, and the one place that knows its file names.
 
-Training creates and fills it; the report, export, evaluation and the CLI read it::
+Training creates and fills it; the report, export, evaluation and the CLI read it:
 
     config.json             model, training and data settings (enough to resume)
     metrics.jsonl           one JSON line per epoch

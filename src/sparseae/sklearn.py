@@ -9,8 +9,8 @@
     pipe = make_pipeline(SparseAutoencoder(n_components=256, k=16, random_state=0), LogisticRegression(max_iter=1000))
     pipe.fit(X_train, y_train).score(X_test, y_test)
 
-The model is the ``dense`` preset (:func:`sparseae.build_preset`), trained by
-:func:`sparseae.train`. Needs scikit-learn 1.6 or newer (``pip install scikit-learn``).
+The model is the ``dense`` preset ([`sparseae.build_preset`][sparseae.build_preset]), trained by
+[`sparseae.train`][sparseae.train]. Needs scikit-learn 1.6 or newer (``pip install scikit-learn``).
 """
 
 from __future__ import annotations
@@ -74,18 +74,18 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         n_components: Number of latents (the dictionary's size); ``None``: as many as
             ``X`` has features. Sparse autoencoders are usually overcomplete: pass more.
         sparsity: The constraint on the code: a registered name (see
-            :func:`sparseae.list_sparsities`) or ``"module:ClassName"``.
+            [`sparseae.list_sparsities`][sparseae.list_sparsities]) or ``"module:ClassName"``.
         k: Shorthand for the constraint's ``k`` (topk, batchtopk), so that ``GridSearchCV``
             can search ``{"k": [...]}``; ``None``: the ``k`` in ``sparsity_params``, else
             a quarter of the code, at least 1 and at most 32:
-            ``max(1, min(32, n_components // 4))`` (:func:`default_k`), so 32 for 128
+            ``max(1, min(32, n_components // 4))`` (`default_k`), so 32 for 128
             latents or more and 1 for 3. The value used is ``k_``.
         sparsity_params: The constraint's other hyperparameters, e.g. ``{"weight": 1e-3}``
             for ``sparsity="l1"``; ``None``: its defaults.
         preprocess: Input preprocessing fitted on ``X`` and kept inside the model: ``"norm"``
             (one scale so the mean squared row norm equals the number of features),
             ``"standardize"``, ``"center"``, ``"zca"``, comma-separated steps, or ``None``.
-        model_params: Other :class:`sparseae.DenseConfig` fields, e.g. ``{"aux_k": 0}``.
+        model_params: Other [`sparseae.DenseConfig`][sparseae.DenseConfig] fields, e.g. ``{"aux_k": 0}``.
         epochs: Passes over ``X``.
         batch_size: Rows per optimizer step.
         learning_rate: Adam learning rate; ``None``: the dense preset's, which follows the
@@ -98,7 +98,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         verbose: Show a progress bar with the live loss while fitting.
 
     Attributes:
-        model_: The trained :class:`sparseae.DenseAutoencoder`, in eval mode
+        model_: The trained [`sparseae.DenseAutoencoder`][sparseae.DenseAutoencoder], in eval mode
             (``sparseae.save_model(est.model_, path)`` saves it for ``sparseae.load``).
         components_: The decoder's atoms, ``(n_components, n_features)``: row ``j`` is what
             latent ``j`` adds to the reconstruction, in the units of the preprocessed input
@@ -106,7 +106,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             for the input's units).
         n_components_: Number of latents.
         k_: The constraint's ``k`` as trained (``k``, ``sparsity_params["k"]`` or
-            :func:`default_k`); ``None`` for a constraint without a ``k``.
+            `default_k`); ``None`` for a constraint without a ``k``.
         n_features_in_: Number of features seen by ``fit``.
         feature_names_in_: Column names of ``X``, when ``X`` has string column names.
         history_: One record per epoch (train loss, and mse, fvu, L0, dead units on up to
@@ -251,7 +251,7 @@ class SparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         return int(rng.randint(np.iinfo(np.int32).max))
 
     def _build_sparsity(self, n_components: int) -> Sparsity:
-        """The constraint with its hyperparameters; a ``k`` nobody gave is :func:`default_k` of the code size."""
+        """The constraint with its hyperparameters; a ``k`` nobody gave is `default_k` of the code size."""
         check(
             isinstance(self.sparsity, str),
             "sparsity",

@@ -1,6 +1,6 @@
 """``main``: the ``sparseae`` parser and its commands, and errors printed in one line.
 
-The command line is pre-parsed once (:func:`preparse`) for what the flags depend on: the command,
+The command line is pre-parsed once (`preparse`) for what the flags depend on: the command,
 ``--model`` and ``--sparsity`` (which model fields and hyperparameters are flags) and ``--config``
 (their defaults).
 """

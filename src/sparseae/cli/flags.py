@@ -2,7 +2,7 @@
 
 A field's docstring (or a constraint's ``Args:`` entry) is its help; its type annotation
 parses the value. Each flag's dest is ``group.field`` (``train.epochs``, ``hp.k``), and
-:func:`nest` turns the parsed flags into one sub-namespace per group (``args.train.epochs``,
+`nest` turns the parsed flags into one sub-namespace per group (``args.train.epochs``,
 ``args.hp.k``), so that commands read typed groups instead of strings.
 """
 
@@ -34,7 +34,7 @@ def flag_name(name: str) -> str:
 
 
 def plain(text: str) -> str:
-    """Help text without reST/Markdown markup: ``x`` and `x` -> x, :class:`~a.X` -> X, [`x`][ref] -> x."""
+    """Help text without reST/Markdown markup: ``x`` and `x` -> x, `X` -> X, [`x`][ref] -> x."""
     text = re.sub(r":\w+(?::\w+)?:`~([^`]*?\.)?([^`.]+)`", r"\2", text)
     text = re.sub(r":\w+(?::\w+)?:`([^`]*)`", r"\1", text)
     text = re.sub(r"\[(`[^`\]]*`)\]\[[^\]]*\]", r"\1", text)
@@ -112,7 +112,7 @@ def add_model_args(group: Any, preset: Preset) -> None:
 
 
 def model_flags(preset: Preset) -> list[str]:
-    """The flags :func:`add_model_args` adds for ``preset``."""
+    """The flags `add_model_args` adds for ``preset``."""
     cls = preset.model.config_class
     names = [f.name for f in dataclasses.fields(cls) if f.name not in preset.model.input_fields]
     return [flag_name(n) for n in [*names, *(["expansion_factor"] if preset.expansion else [])]]

@@ -13,7 +13,7 @@ Choices, made once here:
   boundary, and the first position of a sequence without one behaves like no other.
   The BOS position's activation is an outlier (an "attention sink" with a huge norm), so
   ``exclude_bos`` (the default) leaves it out of the training rows and, in
-  :func:`ce_loss_recovered`, unreplaced. A tokenizer without a BOS token gets nothing
+  `ce_loss_recovered`, unreplaced. A tokenizer without a BOS token gets nothing
   prepended, and then ``exclude_bos`` has nothing to exclude.
 * **Padding.** A batch is padded on the right, to its longest sequence. Right padding
   keeps every real token at the position it would have alone (GPT-2 numbers positions
@@ -132,7 +132,7 @@ def _max_positions(model: nn.Module) -> int | None:
 
 
 def read_texts(text: str, *, text_column: str = "text", split: str = "train") -> Iterator[str]:
-    """The documents of ``text`` (see :attr:`ActivationConfig.text`), one string each, lazily."""
+    """The documents of ``text`` (see `ActivationConfig.text`), one string each, lazily."""
     if text.startswith("hf:"):
         yield from _hf_texts(text[3:], text_column, split)
         return
@@ -344,7 +344,7 @@ def collect(config: ActivationConfig) -> Iterator[Tensor]:
 def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_shard: int = 65_536, progress: bool = True) -> Path:
     """Collect the rows ``config`` describes into a shard directory ``out`` (new or empty); returns ``out``.
 
-    Read it back with :class:`sparseae.data.shards.ShardReader`. The manifest's metadata
+    Read it back with `sparseae.data.shards.ShardReader`. The manifest's metadata
     holds ``config`` (under ``"config"``, loadable with ``from_dict(ActivationConfig, ...)``),
     ``d_model``, ``rows``, ``seconds`` and ``tokens_per_s``. Text with fewer tokens than
     ``config.tokens`` gives a smaller cache, with a warning.
@@ -392,12 +392,12 @@ class ActivationStream(Stream):
     which some BLAS libraries vary with memory alignment) and so is the shuffle.
 
     Every epoch recomputes the activations, as costly as the first; to train for
-    several epochs, write them once with :func:`cache_activations` and train from the
+    several epochs, write them once with `cache_activations` and train from the
     cache. Text with fewer than ``config.tokens`` tokens gives shorter epochs (with a
     warning) than ``len()`` says.
 
     ``skip`` leaves out the first rows of the text (``skip + config.tokens`` are computed):
-    :func:`sparseae.data.load_data` holds them out as the test split.
+    `sparseae.data.load_data` holds them out as the test split.
     """
 
     def __init__(
@@ -489,7 +489,7 @@ def ce_loss_recovered(
 ) -> dict[str, float]:
     """How much of the language model's next-token loss survives when ``sae`` stands in for ``module_name``.
 
-    Three runs over the same batches (sequences built as for :func:`iter_activations`):
+    Three runs over the same batches (sequences built as for `iter_activations`):
 
     * ``ce_loss_clean``: the model as it is;
     * ``ce_loss_with_sae``: the module's output replaced by ``sae.reconstruct(output)``

@@ -254,8 +254,8 @@ def read_arrays(
     """The samples (and labels) in an array file; ``.npy``/``.safetensors`` come back as readers.
 
     ``columns``, ``drop_columns`` (CSV, Parquet) and ``csv_delimiter`` are those of
-    :class:`~sparseae.data.DataConfig`. Every problem with the file's contents is a
-    :class:`SparseAEError` naming the file: the specific checks below say what was wrong;
+    `DataConfig`. Every problem with the file's contents is a
+    `SparseAEError` naming the file: the specific checks below say what was wrong;
     anything a parser underneath raises on a damaged file (zip, pickle, JSON, header
     errors) is reported as such.
     """

@@ -19,8 +19,8 @@ class Dataset:
     """Train and test samples, float32 ``(N, *sample_shape)``: tensors, or streams read from disk.
 
     Labels, where the data has them, are int64 tensors of shape ``(N,)``. A split that is a
-    :class:`~sparseae.data.stream.Stream` is read batch by batch (data larger than memory);
-    a test split on disk is a :class:`~sparseae.data.stream.RowStream`, which slices like a tensor.
+    `Stream` is read batch by batch (data larger than memory);
+    a test split on disk is a `RowStream`, which slices like a tensor.
     """
 
     name: str
@@ -69,7 +69,7 @@ class Dataset:
         """A data set from samples in memory (a NumPy array or tensor ``(N, *sample_shape)``), ``test_fraction`` held out.
 
         The held-out rows are random blocks of neighbouring rows, the same for every call
-        with the same ``N`` (see :func:`sparseae.data.split.holdout_rows`).
+        with the same ``N`` (see `sparseae.data.split.holdout_rows`).
         """
         from sparseae.data.split import holdout_rows
 

@@ -2,7 +2,7 @@
 
 ``load_named("fashion-mnist")`` fetches the four ``.gz`` IDX files into a cache directory
 (``$SPARSEAE_CACHE`` or ``~/.cache/sparseae``, then ``/<name>``), checks each file's size and
-sha256, and loads them with :func:`~sparseae.data.mnist.load_mnist`. Files already in the cache
+sha256, and loads them with `load_mnist`. Files already in the cache
 and verified are never downloaded again, so a machine that is offline can be seeded by hand:
 the error raised when every mirror fails lists the URLs and the directory to put them in.
 
@@ -110,7 +110,7 @@ DATASETS: dict[str, NamedDataset] = {
         homepage="http://codh.rois.ac.jp/kmnist/",
     ),
 }
-"""Every data set :func:`fetch` can download, by name. Tests add entries with ``monkeypatch.setitem``."""
+"""Every data set `fetch` can download, by name. Tests add entries with ``monkeypatch.setitem``."""
 
 
 class DownloadError(SparseAEError):
@@ -141,12 +141,12 @@ class ChecksumError(SparseAEError):
 
 
 def list_named() -> list[str]:
-    """The names :func:`load_named` accepts: ``"mnist"`` (shipped) and every downloadable data set, sorted."""
+    """The names `load_named` accepts: ``"mnist"`` (shipped) and every downloadable data set, sorted."""
     return sorted({"mnist", *DATASETS})
 
 
 def get_named(name: str) -> NamedDataset:
-    """The registry entry for ``name``; raises :class:`SparseAEError` listing the valid names when unknown."""
+    """The registry entry for ``name``; raises `SparseAEError` listing the valid names when unknown."""
     if name not in DATASETS:
         valid = ", ".join(repr(n) for n in sorted(DATASETS))
         raise SparseAEError(
@@ -188,7 +188,7 @@ def download(
         timeout: Seconds to wait for the connection and for each read.
 
     Returns:
-        ``dest`` as a :class:`~pathlib.Path`.
+        ``dest`` as a `Path`.
 
     Raises:
         DownloadError: The download did not complete (no connection, HTTP error, timeout, dropped connection).
@@ -256,8 +256,8 @@ def fetch(name: str, cache_dir: str | Path | None = None, *, progress: bool = Tr
     a missing or wrong file is downloaded from the mirrors, in order, until one succeeds.
 
     Args:
-        name: A name from :data:`DATASETS`, or ``"mnist"`` (shipped: returns the shipped directory).
-        cache_dir: The cache root; ``None`` uses :func:`default_cache_dir`.
+        name: A name from `DATASETS`, or ``"mnist"`` (shipped: returns the shipped directory).
+        cache_dir: The cache root; ``None`` uses `default_cache_dir`.
         progress: Show a progress bar per download.
 
     Returns:
@@ -293,7 +293,7 @@ def load_named(name: str, cache_dir: str | Path | None = None, *, progress: bool
     """Load an MNIST-layout data set by name, downloading it on first use.
 
     Returns:
-        A :class:`Dataset` of images in [0, 1], shape ``(N, 1, 28, 28)``, with labels,
+        A `Dataset` of images in [0, 1], shape ``(N, 1, 28, 28)``, with labels,
         ``label_names``, ``name=name`` and ``config=DataConfig(source=name)``, so that a run
         can load it again by name. ``"mnist"`` returns the shipped MNIST.
     """

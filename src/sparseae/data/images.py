@@ -63,17 +63,17 @@ def load_image_folder(
         path: A folder. Images straight in it give an unlabelled data set; images in its
             immediate sub-folders (at any depth below them) are labelled by sub-folder:
             label i is the i-th sub-folder name in sorted order, and ``label_names`` lists
-            them. Files whose names do not end in one of :data:`IMAGE_EXTENSIONS`, and
+            them. Files whose names do not end in one of `IMAGE_EXTENSIONS`, and
             hidden files and folders (names starting with "."), are ignored.
         size: Resize every image to ``size`` x ``size``, or to ``(height, width)``. Without it
             all images must already share one size.
         mode: ``"gray"`` (C = 1), ``"rgb"`` (C = 3) or ``"auto"``: gray when every image is
             stored as gray (modes 1, L, LA, I, I;16, F, or a palette of grays), else RGB.
         test_fraction: The share of images held out as the test split (see
-            :func:`sparseae.data.split.holdout_rows`).
+            `sparseae.data.split.holdout_rows`).
 
     Returns:
-        A :class:`Dataset` named after the folder, with ``config=None``. Images are read in
+        A `Dataset` named after the folder, with ``config=None``. Images are read in
         sorted path order, so the same folder always gives the same data and split.
     """
     root = Path(path)
@@ -129,7 +129,7 @@ def read_image(file: str | Path, *, gray: bool, size: tuple[int, int] | None = N
     """One image file as float32 pixels in [0, 1], shape ``(1 or 3, H, W)`` (``size`` = (H, W) if given).
 
     The conversions are those in this module's docstring. A file Pillow cannot decode raises
-    :class:`SparseAEError` naming it.
+    `SparseAEError` naming it.
     """
     from PIL import Image, ImageOps
 
@@ -146,7 +146,7 @@ def read_image(file: str | Path, *, gray: bool, size: tuple[int, int] | None = N
 def image_files(path: Path, *, what: str | None = None) -> list[Path]:
     """The image files under folder ``path`` (recursively, hidden ones skipped), in sorted path order.
 
-    Raises :class:`SparseAEError` when there are none.
+    Raises `SparseAEError` when there are none.
     """
     found, other = [], 0
     for file in path.rglob("*"):

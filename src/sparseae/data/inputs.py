@@ -33,7 +33,7 @@ def read_inputs(path: str | Path, shape: tuple[int, ...], options: Mapping[str, 
     Args:
         path: The file.
         shape: The model's input shape, e.g. ``model.input_shape``.
-        options: Keyword arguments of :func:`sparseae.data.read_arrays`, e.g. from :func:`table_options`.
+        options: Keyword arguments of `sparseae.data.read_arrays`, e.g. from `table_options`.
     """
     arrays = read_arrays(Path(path), **dict(options or {}))
     if isinstance(arrays.x, RowReader):
@@ -49,7 +49,7 @@ def read_inputs(path: str | Path, shape: tuple[int, ...], options: Mapping[str, 
 
 
 def table_options(data: Mapping[str, Any] | None, path: str | Path) -> dict[str, Any]:
-    """The :func:`read_inputs` options that read the table ``path`` as a run's data was read.
+    """The `read_inputs` options that read the table ``path`` as a run's data was read.
 
     Args:
         data: The ``data`` entry of the run's config.json (its ``columns``, ``drop_columns``,

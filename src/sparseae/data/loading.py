@@ -29,7 +29,7 @@ def is_named_source(source: str) -> bool:
 
 
 def load_data(config: DataConfig) -> Dataset:
-    """The data set ``config`` describes (see :class:`DataConfig` for every kind of source)."""
+    """The data set ``config`` describes (see `DataConfig` for every kind of source)."""
     data = _load(config.source, config)
     if config.test_source is not None:
         test = _load(config.test_source, config)

@@ -33,14 +33,14 @@ def load_patches(
     Each patch picks an image uniformly at random, then a position uniformly among all
     the places the patch fits in it, from a ``torch.Generator`` seeded by ``seed``: the same
     arguments always give the same patches. ``n_patches`` counts both splits; the test split
-    is held out by :func:`sparseae.data.split.holdout_rows`.
+    is held out by `sparseae.data.split.holdout_rows`.
 
     The patches are NOT normalised here: the usual per-patch mean removal and ZCA whitening
     belong to the model's preprocessing, which learns them from the training split.
 
     Args:
         images: An image file, a folder of images (read recursively, as
-            :func:`sparseae.data.images.load_image_folder` reads one; sizes may differ), or a
+            `sparseae.data.images.load_image_folder` reads one; sizes may differ), or a
             list of files and folders. ``None`` takes scikit-learn's sample photographs.
         patch_size: The side p of each square patch, in pixels.
         n_patches: How many patches in all (train + test).

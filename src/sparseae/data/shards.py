@@ -1,6 +1,6 @@
 """A directory of safetensors shards with a manifest: a cache of rows too many for memory.
 
-Layout::
+Layout:
 
     manifest.json            {"format": "sparseae-shards", "version": 1, "sample_shape": [...],
                               "dtype": "float32", "rows": N, "shards": [{"file", "rows", "sha256"}],
@@ -105,7 +105,7 @@ def write_shards(
 ) -> Path:
     """Write ``batches`` (tensors ``(n, *sample_shape)``, any n) into shards under ``out``; returns ``out``.
 
-    ``out`` must be new or empty, and is held by :func:`claim` while it is written. Each
+    ``out`` must be new or empty, and is held by `claim` while it is written. Each
     shard holds ``rows_per_shard`` rows (the last fewer); ``metadata`` (JSON-ready) is
     kept in the manifest.
     """
@@ -121,7 +121,7 @@ def write_into(
     dtype: torch.dtype = torch.float32,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """:func:`write_shards` into a directory the caller holds with :func:`claim`."""
+    """`write_shards` into a directory the caller holds with `claim`."""
     from safetensors.torch import save
 
     shards: list[dict[str, Any]] = []

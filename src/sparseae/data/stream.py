@@ -1,8 +1,8 @@
 """Training data read in batches rather than held in memory: arrays on disk, shard caches, live activations.
 
-A :class:`Stream` is a training split that yields shuffled batches. Its memory use is
+A `Stream` is a training split that yields shuffled batches. Its memory use is
 set by its shuffle buffer, not by the size of the data, so the data may be far larger
-than RAM. :class:`RowStream` streams the rows of any :class:`RowReader` (a ``.npy`` or
+than RAM. `RowStream` streams the rows of any `RowReader` (a ``.npy`` or
 ``.safetensors`` file read in place, a directory of shards) with a shuffle buffer.
 """
 

@@ -47,7 +47,7 @@ _CODECS = {codecs.BOM_UTF32_LE: "utf-32-le", codecs.BOM_UTF32_BE: "utf-32-be", c
 
 
 def delimiter_char(name: str) -> str:
-    """The character ``name`` stands for: itself, or one of :data:`DELIMITER_NAMES`."""
+    """The character ``name`` stands for: itself, or one of `DELIMITER_NAMES`."""
     return DELIMITER_NAMES.get(name.lower(), name)
 
 
@@ -175,7 +175,7 @@ def _undecodable(path: Path, encoding: Encoding) -> SparseAEError:
 
 def _sniff(sample: str, complete: bool) -> str:
     """The delimiter of the first rows of ``sample``: the one that cuts every row into the same number of
-    fields (two or more), preferring more numeric fields, then the order of :data:`DELIMITERS`.
+    fields (two or more), preferring more numeric fields, then the order of `DELIMITERS`.
 
     When none cuts every row alike, the one that cuts the first row most (the ragged-row error then
     names the line); ``,`` when none cuts it at all. ``complete``: ``sample`` is the whole file (else its

@@ -1,9 +1,9 @@
 """Hugging Face Hub model folders: write one ([`publish_folder`][sparseae.interop.hub.publish_folder]), and load a
 model by repo id ([`load_hub`][sparseae.interop.hub.load_hub]) or from wherever it is ([`load`][sparseae.interop.hub.load]).
 
-A Hub folder (:func:`publish_folder`) is what ``hf upload`` sends to a model repository:
-``model.safetensors`` + ``cfg.json`` (what :func:`sparseae.load` reads), the run's
-``config.json`` and ``metrics.jsonl``, and a ``README.md`` model card. :func:`load_hub`
+A Hub folder (`publish_folder`) is what ``hf upload`` sends to a model repository:
+``model.safetensors`` + ``cfg.json`` (what [`sparseae.load`][sparseae.load] reads), the run's
+``config.json`` and ``metrics.jsonl``, and a ``README.md`` model card. `load_hub`
 loads such a repository by its id, through the Hugging Face cache.
 """
 
@@ -29,7 +29,7 @@ from sparseae.models import Autoencoder
 from sparseae.rundir import CONFIG_FILE, METRICS_FILE, RECONSTRUCTIONS_FILE
 
 HUB_FILES = (io.MODEL_FILE, io.CFG_FILE, CONFIG_FILE, METRICS_FILE)
-"""The files :func:`load_hub` downloads from a repository (a model card or other files are left there)."""
+"""The files `load_hub` downloads from a repository (a model card or other files are left there)."""
 CARD_FILE = "README.md"
 KNOWN_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
 """Hub data-set ids of the named sources, for the model card's ``datasets`` entry."""
@@ -41,7 +41,7 @@ _PLAIN_YAML = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 def publish_folder(run_dir: str | Path, out_dir: str | Path, *, repo_id: str | None = None, license: str | None = None) -> Path:
     """Write a Hugging Face Hub model folder for the model of a run.
 
-    The folder holds ``model.safetensors`` + ``cfg.json`` (so :func:`sparseae.load` reads it, from disk
+    The folder holds ``model.safetensors`` + ``cfg.json`` (so [`sparseae.load`][sparseae.load] reads it, from disk
     or, uploaded, by repo id), copies of the run's ``config.json`` and ``metrics.jsonl`` (and
     ``reconstructions.png`` where the run has one), and a ``README.md`` model card: YAML front
     matter (``library_name: sparseae``, tags, data sets, license) and the model's settings, its
@@ -300,7 +300,7 @@ def looks_like_repo_id(name: str) -> bool:
 def load_hub(
     repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None, *, device: str | torch.device = "cpu"
 ) -> Autoencoder:
-    """Load a model from a Hugging Face Hub repository written by :func:`publish_folder`.
+    """Load a model from a Hugging Face Hub repository written by `publish_folder`.
 
     Only the model's files are downloaded (into the Hugging Face cache, once per revision);
     offline (``HF_HUB_OFFLINE=1``, or no network) a cached copy is used.

@@ -1,11 +1,11 @@
 """ONNX graphs of a model ([`export_onnx`][sparseae.interop.onnx.export_onnx]): one of two graphs, both on raw inputs (the model's
 preprocessing is part of the graph) in eval mode (TopK's ``alpha``, BatchTopK's
-threshold: what :meth:`~sparseae.models.Autoencoder.encode` does after training)::
+threshold: what `encode` does after training):
 
     encoder      inputs (N, *input_shape) float32 -> codes (N, n_latents)
     autoencoder  inputs (N, *input_shape) float32 -> codes (N, n_latents), reconstruction (N, *input_shape)
 
-The reconstruction is in the raw inputs' units, as :meth:`~sparseae.models.Autoencoder.reconstruct`
+The reconstruction is in the raw inputs' units, as `reconstruct`
 gives it. The graph is traced by PyTorch's TorchScript-based exporter (``dynamo=False``):
 it needs nothing beyond ``onnx``, takes a fraction of a second, and reads the same on
 every torch that sparseae accepts. A trace records Python values as constants, so every
@@ -34,7 +34,7 @@ from sparseae.interop._files import check_new, make_parent, require, usual_mode
 from sparseae.models import Autoencoder
 
 PARTS = ("encoder", "autoencoder")
-"""What :func:`export_onnx` can export."""
+"""What `export_onnx` can export."""
 DEFAULT_OPSET = 17
 """The ONNX opset written unless another is asked for: fixed, so that a graph does not change
 with the torch version, and old enough for every maintained runtime (onnxruntime >= 1.13)."""
@@ -46,7 +46,7 @@ _LEN_WARNING = "Using len to get tensor shape"
 
 
 class _Encoder(nn.Module):
-    """Raw inputs -> codes, as :meth:`Autoencoder.encode`."""
+    """Raw inputs -> codes, as `Autoencoder.encode`."""
 
     def __init__(self, model: Autoencoder):
         super().__init__()
@@ -57,7 +57,7 @@ class _Encoder(nn.Module):
 
 
 class _Autoencoder(_Encoder):
-    """Raw inputs -> (codes, reconstruction in raw units): :meth:`Autoencoder.reconstruct`, keeping the codes."""
+    """Raw inputs -> (codes, reconstruction in raw units): `Autoencoder.reconstruct`, keeping the codes."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         code = self.model.encode(x)  # (N, n_latents)
@@ -75,11 +75,11 @@ def export_onnx(
     """Write ``model`` (or the model of a run or model directory) as an ONNX graph.
 
     Args:
-        model: A model, or a run directory / model directory that :func:`sparseae.load` reads.
+        model: A model, or a run directory / model directory that [`sparseae.load`][sparseae.load] reads.
         path: The ``.onnx`` file to write; it must not exist (parent directories are created).
         part: ``"encoder"``: inputs ``(N, *input_shape)`` float32 -> ``codes`` ``(N, n_latents)``;
             ``"autoencoder"``: -> ``codes`` and ``reconstruction`` ``(N, *input_shape)``, in raw units.
-        opset: ONNX opset version; ``None`` writes :data:`DEFAULT_OPSET`.
+        opset: ONNX opset version; ``None`` writes `DEFAULT_OPSET`.
         batch_dynamic: A graph for any batch size ``N`` (else for ``N = 1`` only).
 
     Returns:

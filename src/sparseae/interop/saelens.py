@@ -7,7 +7,7 @@ SAELens (``sae_lens``, versions 6.x; older files too) computes, for an input row
                                                                   # jumprelu: ReLU(pre) where pre > threshold
     recon = code @ W_dec + b_dec                                  # W_dec (d_sae, d_in)
 
-which is sparseae's :class:`~sparseae.models.DenseAutoencoder` with ``W_enc = encoder.weight.T``,
+which is sparseae's `DenseAutoencoder` with ``W_enc = encoder.weight.T``,
 ``W_dec = W_dec.T`` and ``b_dec = b_pre`` (subtracted from the input unless ``pre_bias="none"``).
 Constraints map by their encode-time code: l1, none and wta are a ReLU ("standard"); TopK exports the
 ``round(alpha * k)`` units it keeps when encoding; a JumpReLU threshold is ``exp(log_threshold)``; a
@@ -18,7 +18,7 @@ Preprocessing that is an invertible affine map of the input (``norm``, ``standar
 in any order) is folded into the weights on export, so SAELens sees raw inputs and gives the same
 codes and reconstructions; SAELens's own input scaling and whitening are folded the same way on import.
 Neither package is imported by the other: the files are read and written directly, and what the
-other side cannot represent is refused with a :class:`~sparseae.errors.SparseAEError` that says why.
+other side cannot represent is refused with a `SparseAEError` that says why.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class _Cfg(NamedTuple):
     hyperparameters: dict[str, Any]
     """Training settings SAELens kept: top-level training fields, else metadata.training_architecture_details."""
     sparseae: dict[str, Any]
-    """What :func:`export_saelens` stored about the sparseae model, if it wrote the file."""
+    """What `export_saelens` stored about the sparseae model, if it wrote the file."""
 
 
 def import_saelens(directory: str | Path, *, norm_scaling_factor: float | None = None) -> DenseAutoencoder:
@@ -305,7 +305,7 @@ def import_saelens(directory: str | Path, *, norm_scaling_factor: float | None =
             keeps it in ``activation_scaler.json``, read automatically). Overrides that file.
 
     Returns:
-        A :class:`~sparseae.models.DenseAutoencoder` with constraint l1 (SAELens "standard"), topk,
+        A `DenseAutoencoder` with constraint l1 (SAELens "standard"), topk,
         jumprelu or batchtopk, and no preprocessing: input scaling is folded into the weights.
     """
     directory = Path(directory)

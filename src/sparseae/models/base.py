@@ -35,17 +35,17 @@ class Autoencoder(nn.Module):
     """An encoder to pre-activations, a sparsity constraint, a decoder.
 
     Subclasses set ``config_class``, build their layers from ``config`` and
-    implement :meth:`pre_activations` and :meth:`decode`. The trainer also
-    calls :meth:`prepare` once before training, and :meth:`before_step` /
-    :meth:`after_step` around every optimizer step.
+    implement `pre_activations` and `decode`. The trainer also
+    calls `prepare` once before training, and `before_step` /
+    `after_step` around every optimizer step.
 
     ``preprocess`` names input transforms fitted on the training data before training
-    (see :mod:`sparseae.preprocess`); they are part of the model: saved with it and
-    applied by :meth:`encode`, undone by :meth:`reconstruct`.
+    (see `sparseae.preprocess`); they are part of the model: saved with it and
+    applied by `encode`, undone by `reconstruct`.
     """
 
     kind: str = ""
-    """Registry name, set by :func:`register_model`; saved in ``cfg.json``."""
+    """Registry name, set by `register_model`; saved in ``cfg.json``."""
     config_class: type
     input_fields: tuple[str, ...] = ()
     """Config fields that the data decides (e.g. the image size); not user settings."""
@@ -111,7 +111,7 @@ class Autoencoder(nn.Module):
         return recon.new_zeros(())
 
     def initialise(self, x: Tensor) -> None:
-        """Before training: fit the preprocessing on raw training inputs ``x``, then :meth:`prepare` on them preprocessed."""
+        """Before training: fit the preprocessing on raw training inputs ``x``, then `prepare` on them preprocessed."""
         self.preprocess.fit(x)
         self.prepare(self.preprocess(x))
 

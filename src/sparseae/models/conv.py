@@ -15,7 +15,7 @@ from sparseae.sparsity import Sparsity
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """Layer sizes and the Keras-compatibility switches of :class:`ConvAutoencoder`."""
+    """Layer sizes and the Keras-compatibility switches of `ConvAutoencoder`."""
 
     in_channels: int = 1
     """Image channels (1 for MNIST)."""
@@ -62,7 +62,7 @@ _OUTPUT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "none": nn.Identity}
 class ConvAutoencoder(Autoencoder):
     """Conv encoder -> Dense code -> Dense + conv decoder, as in the Keras blog.
 
-    With the default config (MNIST)::
+    With the default config (MNIST):
 
         (B,1,28,28) conv16 relu pool -> (B,16,14,14) conv32 relu pool -> (B,32,7,7)
         -> flatten 1568 -> dense 32 + sparsity = code (B,32)

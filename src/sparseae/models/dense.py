@@ -77,7 +77,7 @@ class DenseConfig:
 
 
 FIT_SAMPLES = 4096
-"""Rows of the initialisation sample that :meth:`DenseAutoencoder.encoder_scale_fit` uses."""
+"""Rows of the initialisation sample that `DenseAutoencoder.encoder_scale_fit` uses."""
 
 _OUTPUT = {"none": nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 

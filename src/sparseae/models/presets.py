@@ -68,7 +68,7 @@ EXPANSION_FACTOR_DOC = """Latents as a multiple of the input width: n_latents = 
 
 DENSE_TRAINING: dict[str, Any] = {"optimizer": "adam", "adam_eps": 1e-8, "lr_decay": "linear", "lr_decay_fraction": 0.2}
 """How the dense preset trains (``TrainConfig.for_preset("dense")``): torch's Adam, the rate decayed linearly
-to zero over the last fifth of the steps, and (:data:`DENSE_LR`) 4e-3 at batch 4,096. Each part's measured
+to zero over the last fifth of the steps, and (`DENSE_LR`) 4e-3 at batch 4,096. Each part's measured
 reason is in docs/choosing.md ("The dense recipe")."""
 DENSE_LR = (4e-3, 4096, 2e-3)
 """The dense preset's learning rate at a batch size, and its floor: other batch sizes get it scaled by
@@ -132,7 +132,7 @@ def build_preset(
     Args:
         sparsity: The constraint on the code (default: the preset's own).
         preprocess: Input preprocessing steps fitted before training, e.g. ``"norm"``
-            (see :mod:`sparseae.preprocess`).
+            (see `sparseae.preprocess`).
         expansion_factor: The code size as a multiple of the input width,
             ``n_latents = round(expansion_factor * prod(sample_shape))`` (dense and
             classic); give it or ``n_latents``, not both.
@@ -181,7 +181,7 @@ def mnist_conv(weight: float = 1e-4, *, seed: int | None = 0, sparsity: Sparsity
             0 gives the same model without the penalty.
         seed: Seeds the initialisation (``None``: use the global RNG).
         sparsity: Another constraint on the code instead of L1 (``weight`` is then ignored).
-        **config: Overrides of :class:`ConvConfig` fields, e.g. ``padding="torch"``.
+        **config: Overrides of `ConvConfig` fields, e.g. ``padding="torch"``.
     """
     sparsity = sparsity or build_sparsity("l1", weight=weight)
     with seeded(seed):

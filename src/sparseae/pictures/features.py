@@ -65,7 +65,7 @@ def save_feature_grid(
     scale: int = 3,
     weights: Literal["decoder", "encoder"] = "decoder",
 ) -> Path:
-    """Draw the first ``n`` features as :func:`feature_tiles`, ``columns`` to a row."""
+    """Draw the first ``n`` features as `feature_tiles`, ``columns`` to a row."""
     tiles = feature_tiles(model, weights)
     if tiles is None:
         raise ValueError(f"inputs of shape {model.input_shape} are not images")

@@ -48,6 +48,6 @@ def image_grid(rows: list[Tensor], pad: int = 2, scale: int = 2) -> np.ndarray:
 
 
 def save_image_grid(path: str | Path, rows: list[Tensor], **kwargs: int) -> Path:
-    """Write :func:`image_grid` of ``rows`` as a PNG file."""
+    """Write `image_grid` of ``rows`` as a PNG file."""
     atomic_write(path, encode_png(image_grid(rows, **kwargs)))
     return Path(path)

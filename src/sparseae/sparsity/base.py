@@ -2,7 +2,7 @@
 
 A constraint turns the encoder's pre-activations into the code (it owns the
 code's nonlinearity) and may add a penalty to the loss. Writing one is a
-one-file job::
+one-file job:
 
     @register("my-l1")
     class MyL1(Sparsity):
@@ -19,7 +19,7 @@ one-file job::
 Hyperparameters are the ``__init__`` keyword arguments, stored under the same
 attribute names (as in scikit-learn): that is what save/load and the CLI read.
 A constraint that needs the code size (per-unit thresholds, say) builds its
-parameters in :meth:`Sparsity.setup`, which the model calls once.
+parameters in `Sparsity.setup`, which the model calls once.
 
 A constraint outside sparseae is named ``"package.module:ClassName"``; it is
 imported on use, so the CLI and saved models find it without registration.
@@ -42,11 +42,11 @@ class Sparsity(nn.Module):
     """Maps pre-activations ``(B, n_latents)`` to a sparse code and prices it."""
 
     name: str = ""
-    """Registry name, set by :func:`register`."""
+    """Registry name, set by `register`."""
     scale_equivariant: bool = False
     """Whether ``forward(s * pre) == s * forward(pre)`` for every s > 0 in training mode,
     with no state changed by calling it: then a model may fit its encoder's scale at
-    initialisation (:meth:`DenseAutoencoder.encoder_scale_fit`)."""
+    initialisation (`DenseAutoencoder.encoder_scale_fit`)."""
 
     def sparse_k(self) -> int | None:
         """k, when this constraint's code is exactly the ReLU of each row's k largest pre-activations (in
@@ -191,7 +191,7 @@ def penalty(fn: Callable[..., Tensor]) -> type[Sparsity]:
     """Turn a penalty function into a constraint on a ReLU code.
 
     ``fn(code, **hyperparameters) -> scalar``; its keyword arguments, with their
-    defaults and annotations, become the constraint's hyperparameters::
+    defaults and annotations, become the constraint's hyperparameters:
 
         @sparseae.penalty
         def half_norm(code, weight: float = 1e-3):

@@ -85,7 +85,7 @@ class TrainConfig:
         """The config ``sparseae train --model NAME`` trains with, with ``fields`` overriding it.
 
         ``TrainConfig()`` alone is the Keras blog's recipe (keras-adam, lr 1e-3); the
-        ``dense`` preset trains with its own (:data:`sparseae.models.presets.DENSE_TRAINING`),
+        ``dense`` preset trains with its own (`sparseae.models.presets.DENSE_TRAINING`),
         its learning rate following the batch size unless ``lr`` is given (or is None),
         e.g. ``TrainConfig.for_preset("dense", epochs=5, batch_size=4096)`` trains at 4e-3.
         """
@@ -157,7 +157,7 @@ class TrainConfig:
 
 
 class TrainResult(NamedTuple):
-    """What :func:`train` returns."""
+    """What `train` returns."""
 
     model: Autoencoder
     """The trained model, in eval mode."""

@@ -21,7 +21,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Test metrics of ``model`` on samples ``x``: mse, fvu, l0, mean_activation, frac_zero, dead_units.
 
-    See :mod:`sparseae.metrics` for the definitions.
+    See [`sparseae.metrics`][sparseae.metrics] for the definitions.
     """
     model.check_input(tuple(x.shape[1:]), "evaluation data")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -39,7 +39,7 @@ def evaluate(
 def probe(model: Autoencoder, data: Dataset, batch_size: int = 1000) -> float:
     """Linear-probe accuracy: logistic regression on the training codes, scored on the test codes.
 
-    See :func:`sparseae.metrics.linear_probe`; needs labelled data.
+    See `sparseae.metrics.linear_probe`; needs labelled data.
     """
     check(
         data.train_labels is not None and data.test_labels is not None,

@@ -119,7 +119,7 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _saying_what_is_saved(jobs: list[Trainer]) -> Iterator[None]:
-    """Turn Ctrl-C into :class:`Interrupted` saying what was saved, and add how to resume to a failed write."""
+    """Turn Ctrl-C into `Interrupted` saying what was saved, and add how to resume to a failed write."""
     try:
         yield
     except KeyboardInterrupt:
@@ -231,7 +231,7 @@ def _run(
 def _epoch_batches(
     x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)
 ) -> Iterator[Tensor]:
-    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by :func:`epoch_order`, a stream's by its buffer).
+    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by `epoch_order`, a stream's by its buffer).
 
     ``part = (rank, world)``: this rank's share of each batch, an even split in rank
     order (a tensor reads only its rows; a stream is read whole on every rank).
@@ -253,7 +253,7 @@ def _epoch_batches(
 def epoch_batches(
     x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)
 ) -> Iterator[Tensor]:
-    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by :func:`epoch_order`, a stream's by its buffer).
+    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by `epoch_order`, a stream's by its buffer).
 
     ``part = (rank, world)``: this rank's share of each batch, an even split in rank
     order (a tensor reads only its rows; a stream is read whole on every rank).

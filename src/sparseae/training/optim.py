@@ -47,7 +47,7 @@ class TransposedStep:
 
     Fused Adam is several times slower on a transposed tensor than on a contiguous one
     (docs/performance.md); the update is elementwise, so stepping ``p.T`` (with its gradient and moments
-    transposed alike) is the same update. Outside :meth:`step` every tensor has
+    transposed alike) is the same update. Outside `step` every tensor has
     its parameter's own shape, so checkpoints are unchanged.
     """
 
