@@ -124,7 +124,8 @@ class RunLock:
     ``fcntl.flock`` on ``DIR/.lock``: the kernel releases it when the process dies, so a
     killed run never leaves a stale lock behind. Where ``fcntl`` does not exist
     (Windows) the lock is a no-op. ``kind`` and ``fix`` word the refusal: a run
-    directory (``--out``) by default, or e.g. an activation cache.
+    directory (``--out``) by default, or e.g. an activation cache. Not the filelock package:
+    on Unix it wraps the same ``flock``, which is a few lines here, without a dependency.
     """
 
     def __init__(self, directory: Path, kind: str = "run directory", fix: str = "choose another --out"):

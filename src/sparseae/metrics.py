@@ -76,6 +76,8 @@ def linear_probe(
 
     The codes are standardised with the training split's statistics; the fit
     minimises cross-entropy + ``l2 * ||W||^2`` with L-BFGS (full batch, in float64).
+    Hand-written rather than scikit-learn's LogisticRegression: scikit-learn is an optional
+    extra, and torch's L-BFGS on the codes already in memory is the same model.
     """
     train, test = train_codes.flatten(1).double(), test_codes.flatten(1).double()
     mean, std = train.mean(0), train.std(0).clamp(min=1e-6)

@@ -2,7 +2,9 @@
 
 ``load_named("fashion-mnist")`` fetches the four ``.gz`` IDX files into a cache directory
 (``$SPARSEAE_CACHE`` or ``~/.cache/sparseae``, then ``/<name>``), checks each file's size and
-sha256, and loads them with `load_mnist`. Files already in the cache
+sha256, and loads them with `load_mnist`. The standard library's urllib, not requests or
+pooch: four files over HTTPS with a checksum each need no dependency, and the tests serve them
+from a local HTTP server either way. Files already in the cache
 and verified are never downloaded again, so a machine that is offline can be seeded by hand:
 the error raised when every mirror fails lists the URLs and the directory to put them in.
 

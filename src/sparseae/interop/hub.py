@@ -110,6 +110,8 @@ def model_card(
     """The ``README.md`` of a Hub folder: YAML front matter, then the model, its training, its metrics, its use.
 
     ``repo_id`` (else ``title``) heads the card; the loading code names ``repo_id``, else a placeholder.
+    Written as text rather than with huggingface_hub's ModelCard: writing a folder must not need
+    huggingface_hub (only loading by repo id does), and the front matter is five plain keys.
     """
     desc = model.describe()
     sparsity, data, train = desc["sparsity"], run.get("data"), run.get("train") or {}

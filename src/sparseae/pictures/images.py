@@ -1,4 +1,8 @@
-"""Image grids written as PNG with the standard library (no plotting dependency)."""
+"""Image grids written as PNG with the standard library (no plotting dependency).
+
+Hand-written on purpose: a PNG of 8-bit pixels is a few lines of zlib and struct, while Pillow
+is an optional extra (sparseae[images]) that training must not need to write its pictures.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Small charts as self-contained SVG text: line plots, histograms, scatter plots.
 
 No plotting library: the HTML report inlines these strings, so it opens from
-disk with no network. All text is escaped.
+disk with no network. All text is escaped. Hand-written on purpose: matplotlib would add a
+heavy dependency for three kinds of chart, and its SVG is many times larger; the JavaScript
+chart libraries need a network or an inlined bundle per page.
 """
 
 from __future__ import annotations
