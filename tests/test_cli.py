@@ -144,3 +144,20 @@ def test_export_writes_onnx_saelens_and_hub_from_the_cli(run_dir, tmp_path, caps
     assert main(["export", str(dense), "--format", "saelens", "--out", str(tmp_path / "sl2"), "--hook-name", "h", "--quiet"]) == 0
     cfg = json.loads((tmp_path / "sl2" / "cfg.json").read_text())
     assert cfg["d_sae"] == 32 and (tmp_path / "sl2" / "sae_weights.safetensors").is_file()
+
+
+def test_resume_with_epochs_extends_a_finished_run_as_if_it_had_asked_for_them(tmp_path, capsys):
+    short, whole = tmp_path / "short", tmp_path / "whole"
+    base = ["train", *SMALL[:-3], "--quiet", "--seed", "1"]
+    assert main([*base, "--epochs", "1", "--out", str(short)]) == 0
+    assert main(["train", "--resume", str(short), "--epochs", "2", "--quiet"]) == 0
+    assert main([*base, "--epochs", "2", "--out", str(whole)]) == 0
+    assert json.loads((short / "config.json").read_text())["train"]["epochs"] == 2
+    extended, uninterrupted = sparseae.read_metrics(short), sparseae.read_metrics(whole)
+    assert [r["epoch"] for r in extended] == [1, 2]
+    # A constant learning rate (the Keras recipe): the extension is the two-epoch run, step for step.
+    assert extended[-1]["test_mse"] == pytest.approx(uninterrupted[-1]["test_mse"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(short), "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--epochs 1: expected a length no shorter than what {short} has done (8 steps), got 4 steps." in err

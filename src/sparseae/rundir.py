@@ -54,8 +54,8 @@ def create(run_dir: Path, model: Autoencoder, train: Any, data: Dataset) -> Path
         ) from None
     except OSError as e:  # a read-only file system, no permission, a full disk
         raise disk_error(run_dir, e) from None
-    write_json(
-        run_dir / CONFIG_FILE,
+    write_config(
+        run_dir,
         {
             "sparseae_version": __version__,
             "model": {"format": FORMAT, **model.describe()},
@@ -64,6 +64,11 @@ def create(run_dir: Path, model: Autoencoder, train: Any, data: Dataset) -> Path
         },
     )
     return run_dir
+
+
+def write_config(run_dir: Path, run: dict[str, Any]) -> None:
+    """Write (or replace, atomically) a run's ``config.json``."""
+    write_json(run_dir / CONFIG_FILE, run)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -101,7 +101,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args, extras = parser.parse_known_args(argv)
     if extras:
         raise UsageError(unknown_flags(extras, argv, chosen.command, _commands(parser)))
-    return nest(args, GROUPS if args.run in _TRAINING else ())
+    args = nest(args, GROUPS if args.run in _TRAINING else ())
+    if getattr(args, "resume", None) is not None:  # the run's new length, where asked for
+        given = {name for name in ("epochs", "steps") if any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)}
+        args.extend = {name: getattr(args.train, name) for name in given}
+    return args
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -153,7 +157,13 @@ and train with --data CACHE_DIR."""
 def _add_train(p: argparse.ArgumentParser, chosen: Chosen) -> None:
     _add_training_args(p, chosen)
     p.add_argument("--out", type=Path, help="Run directory to create (default: runs/<time>-<model>-<sparsity>).")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="Continue RUN from its last checkpoint (other flags are ignored).")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="Continue RUN from its last checkpoint with its own settings; --epochs or --steps given with it extend "
+        "the run to that length (other flags are ignored).",
+    )
     p.set_defaults(run=commands.train)
     if chosen.config and chosen.command == "train":
         apply_config(p, chosen.values, chosen.config)

@@ -39,7 +39,7 @@ log = logging.getLogger("sparseae")
 def train(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.resume is not None:
-        result = resume(args.resume, progress=progress)
+        result = resume(args.resume, progress=progress, **args.extend)
     else:
         config, data, name = _setup(args)
         sparsity = build_sparsity(name, **vars(args.hp))

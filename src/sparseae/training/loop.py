@@ -5,6 +5,7 @@ batches, checkpointing as they go and resuming exactly."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -18,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparseae import checkpoint, distributed, rundir
-from sparseae._config import from_dict
+from sparseae._config import from_dict, to_dict
 from sparseae.checkpoint import RunLock
 from sparseae.data import Dataset, Stream
 from sparseae.devices import pick_device
@@ -71,11 +72,26 @@ def _check_fits(model: Autoencoder, data: Dataset, what: str) -> None:
     model.check_input(data.sample_shape, what)
 
 
-def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool = True) -> TrainResult:
+def resume(
+    run_dir: str | Path,
+    *,
+    data: Dataset | None = None,
+    progress: bool = True,
+    epochs: int | None = None,
+    steps: int | None = None,
+) -> TrainResult:
     """Continue a run from its last checkpoint; on the CPU the result equals an uninterrupted run.
 
     The latest checkpoint is used, or the previous one when the latest is damaged.
     ``data`` is needed only when the run was trained on in-memory data.
+
+    Args:
+        run_dir: The run directory.
+        data: The run's data, when it was trained on in-memory data.
+        progress: Show a progress bar.
+        epochs: Extend (or finish) the run at this many epochs instead of its own; written to its
+            ``config.json``. The learning-rate schedule follows the new length from here on.
+        steps: Likewise in optimizer steps (unsets ``epochs``' role, as ``TrainConfig.steps`` does).
     """
     run_dir = Path(run_dir)
     run = rundir.read_config(run_dir)
@@ -86,7 +102,29 @@ def resume(run_dir: str | Path, *, data: Dataset | None = None, progress: bool =
         model = model_from_cfg(run["model"], f"{run_dir / CONFIG_FILE} model")
         if data is None:
             data = rundir.load_run_data(run_dir, run, fix="Pass the same data: sparseae.resume(run, data=...).")
+        if epochs is not None or steps is not None:
+            config = _extended(run_dir, run, config, meta["step"], len(data.train), epochs, steps)
         return _fit(model, data, config, run_dir, progress=progress and distributed.is_main(), state=(tensors, meta))
+
+
+def _extended(
+    run_dir: Path, run: dict[str, Any], config: TrainConfig, done: int, rows: int, epochs: int | None, steps: int | None
+) -> TrainConfig:
+    """``config`` with the run's new length, checked to be no shorter than what is done, and saved in ``config.json``."""
+    fields = {"steps": steps} if steps is not None else {"epochs": epochs, "steps": None}
+    new = dataclasses.replace(config, **fields)
+    total = new.steps or new.epochs * math.ceil(rows / new.batch_size)
+    if total < done:
+        asked = f"--steps {steps}" if steps is not None else f"--epochs {epochs}"
+        raise SparseAEError(
+            asked,
+            expected=f"a length no shorter than what {run_dir} has done ({done} steps)",
+            got=f"{total} steps",
+            fix="Ask for more epochs or steps than the run has, or leave the flag out to finish it as it was.",
+        )
+    if distributed.is_main():
+        rundir.write_config(run_dir, {**run, "train": to_dict(new)})
+    return new
 
 
 def _fit(
