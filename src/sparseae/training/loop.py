@@ -266,28 +266,6 @@ def _run(
             job.writer.close()
 
 
-def _epoch_batches(
-    x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)
-) -> Iterator[Tensor]:
-    """The shuffled batches of one epoch from batch ``start`` on (a tensor's by `epoch_order`, a stream's by its buffer).
-
-    ``part = (rank, world)``: this rank's share of each batch, an even split in rank
-    order (a tensor reads only its rows; a stream is read whole on every rank).
-    """
-    rank, world = part
-
-    def share(rows: Tensor) -> Tensor:  # a tail batch with fewer rows than ranks is left out on every rank
-        return rows.tensor_split(world)[rank] if len(rows) >= world else rows[:0]
-
-    if isinstance(x, Stream):
-        for batch in itertools.islice(x.batches(batch_size, seed, epoch), start, None):  # a stream is read up to there
-            yield share(batch)
-        return
-    order = epoch_order(len(x), seed, epoch)
-    for i in range(start * batch_size, len(x), batch_size):
-        yield x[share(order[i : i + batch_size])]
-
-
 def epoch_batches(
     x: Tensor | Stream, batch_size: int, seed: int, epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)
 ) -> Iterator[Tensor]:

@@ -288,27 +288,3 @@ def _tensorboard_writer(path: Path) -> Any:
             fix="pip install tensorboard (or sparseae[tensorboard]).",
         ) from None
     return SummaryWriter(str(path))
-
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise SparseAEError(
-            "--tensorboard",
-            expected="the tensorboard package installed",
-            got="no tensorboard",
-            fix="pip install tensorboard (or sparseae[tensorboard]).",
-        ) from None
-    return SummaryWriter(str(path))
-
-
-def _tensorboard_writer(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise SparseAEError(
-            "--tensorboard",
-            expected="the tensorboard package installed",
-            got="no tensorboard",
-            fix="pip install tensorboard (or sparseae[tensorboard]).",
-        ) from None
-    return SummaryWriter(str(path))
