@@ -29,7 +29,7 @@ test: $(STAMP) chromium
 # same pytest command, about 25 minutes on 2 cores; the trap ends them however pytest ends (pass,
 # fail, Ctrl-C). No test may fail for being slow: they wait for states, not for time.
 # PYTEST_ARGS narrows the run, e.g.
-#   make test-loaded PYTEST_ARGS='tests/test_robustness.py -k sigkill'
+#   make test-loaded PYTEST_ARGS='tests/training/test_robustness.py -k sigkill'
 LOAD ?= 2
 PYTEST_ARGS ?=
 test-loaded: $(STAMP) chromium

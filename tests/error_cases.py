@@ -718,7 +718,7 @@ CASES: list[Case] = [
             lambda tmp, env: ["report", str(env.run), "--max-latents", "0"],
         ),
         Case(
-            "run-disk-full", "A full disk when a run starts (mid-run: tests/test_disk_faults.py)",
+            "run-disk-full", "A full disk when a run starts (mid-run: tests/training/test_disk_faults.py)",
             ("train --out DISK/run", "a full disk"),
             "config.json: expected room on the disk to write it, got a full disk (No space left on device). "
             "Free space on the disk that holds …; the files written before are intact.",

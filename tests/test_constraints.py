@@ -7,7 +7,7 @@ import torch
 
 import sparseae
 from sparseae.models import ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig
-from sparseae.sparsity import build_sparsity, list_sparsities
+from sparseae.sparsity import Sparsity, build_sparsity, get_sparsity, list_sparsities, register
 
 # Small hyperparameters that fit the small models below.
 SMALL = {"topk": {"k": 4}, "batchtopk": {"k": 4}}
@@ -45,6 +45,36 @@ def test_contract_shapes_gradients_and_save_load(name, kind, tmp_path):
     torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x))
 
 
+@pytest.mark.parametrize("name", list_sparsities())
+def test_every_constraint_maps_shapes_and_gives_a_scalar_penalty(name):
+    # The bare constraint with its default hyperparameters (the models above use SMALL ones).
+    sparsity = build_sparsity(name)
+    sparsity.setup(64)
+    pre = torch.randn(8, 64)
+    code = sparsity(pre)
+    assert code.shape == (8, 64) and sparsity.penalty(code, pre).shape == ()
+    assert build_sparsity(name, **sparsity.get_params()).get_params() == sparsity.get_params()
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(
+        sparseae.SparseAEError,
+        match=r"sparsity: expected one of batchtopk, jumprelu, kl, l1, none, topk, wta, "
+        r"or module:ClassName for your own, got 'topq'",
+    ):
+        get_sparsity("topq")
+
+
+def test_unknown_hyperparameter():
+    with pytest.raises(sparseae.SparseAEError, match=r"expected hyperparameters among weight, got k"):
+        build_sparsity("l1", k=3)
+
+
+def test_duplicate_registration_is_rejected():
+    with pytest.raises(ValueError, match="already registered"):
+        register("l1")(type("Other", (Sparsity,), {}))
+
+
 BAD = [
     ("topk", {"k": 0}, "topk k: expected an integer >= 1, got 0"),
     ("topk", {"k": 2.5}, "topk k: expected an integer >= 1, got 2.5"),
@@ -54,6 +84,10 @@ BAD = [
     ("kl", {"rho": 0}, "kl rho: expected a number strictly between 0 and 1, got 0"),
     ("kl", {"beta": -3}, "kl beta: expected a finite number >= 0, got -3"),
     ("l1", {"weight": -1}, "l1 weight: expected a finite number >= 0, got -1"),
+    ("l1", {"weight": -1e-4}, r"l1 weight: expected a finite number >= 0, got -0\.0001"),
+    ("l1", {"weight": float("nan")}, "l1 weight: expected a finite number >= 0, got nan"),
+    ("l1", {"weight": float("inf")}, "l1 weight: expected a finite number >= 0, got inf"),
+    ("l1", {"weight": "0.1"}, r"l1 weight: expected a finite number >= 0, got '0\.1'"),
     ("jumprelu", {"l0_coef": -1}, "jumprelu l0_coef: expected a finite number >= 0, got -1"),
     ("jumprelu", {"bandwidth": 0}, "jumprelu bandwidth: expected a finite number > 0, got 0"),
     ("wta", {"rate": 0}, "wta rate: expected a number strictly between 0 and 1, got 0"),
@@ -67,13 +101,28 @@ def test_bad_hyperparameters(name, params, message):
 
 
 def test_every_constraint_has_a_bad_hyperparameter_case():
-    with_params = {n for n in list_sparsities() if sparseae.sparsity.get_sparsity(n).hyperparameters()}
+    with_params = {n for n in list_sparsities() if get_sparsity(n).hyperparameters()}
     assert with_params <= {name for name, _, _ in BAD}
 
 
 def test_k_larger_than_the_code():
     with pytest.raises(sparseae.SparseAEError, match=r"topk k: expected k at most the code size \(12\), got k = 13"):
         DenseAutoencoder(DenseConfig(input_shape=(4,), n_latents=12), build_sparsity("topk", k=13))
+
+
+def test_none_has_no_penalty():
+    assert build_sparsity("none").penalty(torch.ones(3, 4), torch.ones(3, 4)).item() == 0
+
+
+def test_l1_penalty_is_keras_activity_regularizer():
+    # Keras: l1(w) adds w * sum(|code|) / batch_size. Here 1e-4 * (1+2+0+3 + 4+0+0+0) / 2 = 5e-4.
+    code = torch.tensor([[1.0, 2.0, 0.0, 3.0], [4.0, 0.0, 0.0, 0.0]])
+    assert build_sparsity("l1", weight=1e-4).penalty(code, code).item() == pytest.approx(5e-4, rel=1e-6)
+
+
+def test_l1_code_is_relu_of_preactivations():
+    pre = torch.tensor([[-1.0, 0.5], [2.0, -3.0]])
+    assert torch.equal(build_sparsity("l1")(pre), torch.tensor([[0.0, 0.5], [2.0, 0.0]]))
 
 
 def test_kl_penalty_and_gradient_by_hand():

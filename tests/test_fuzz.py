@@ -25,12 +25,9 @@ failure prints the shrunk input and a ``@reproduce_failure`` line. Generated sha
 mid-sized dims (2**20 to 2**40) on purpose: a loader that trusted such a header would allocate
 gigabytes before failing, which would hang CI rather than fail it.
 
-Bugs found so far are fixed; ``FIXED_BUGS`` lists them and each keeps its failing inputs as
-``@example`` inputs of a ``test_fixed_*`` regression test. A bug found later and not yet fixed goes
-into ``KNOWN_BUGS`` (exception type, message, place): the fuzz tests then tolerate exactly that
-failure, so that they keep looking for others, and a ``test_bug_*`` test marked
-``xfail(strict=True)`` pins its input. Fixing it makes that test XPASS, and so fail: then move
-the entry to ``FIXED_BUGS`` and the test to ``@_fixed``.
+A bug that fuzzing finds gets fixed, not tolerated: its name and what went wrong go into
+``FIXED_BUGS``, and the input that failed (shrunk) becomes an ``@example`` of a ``test_fixed_*``
+regression test (``@_fixed(name, *inputs)``), which runs those inputs on every run.
 """
 
 from __future__ import annotations
@@ -41,15 +38,13 @@ import io
 import json
 import math
 import os
-import re
 import struct
-import traceback
 import types
 import typing
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -83,7 +78,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 EXPLICIT = settings(phases=[Phase.explicit], deadline=None, database=None, report_multiple_bugs=False)
-SRC = Path(sparseae.__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +92,7 @@ def _write(directory: Path, name: str, data: bytes) -> Path:
     return path
 
 
-# --- known bugs: tolerated by the fuzz tests, pinned by xfail tests ----------------------------
-
-
-@dataclass(frozen=True)
-class Bug:
-    targets: tuple[str, ...]
-    """The fuzz targets that tolerate it (the ``target`` argument of :func:`_run`)."""
-    exc: type[BaseException] | tuple[type[BaseException], ...]
-    message: str
-    """Regex searched in ``str(exception)``."""
-    where: str
-    """Regex searched in ``file.py:function`` of the innermost frame in sparseae (or in this file, for a failed check)."""
-    reason: str
-
-
-KNOWN_BUGS: dict[str, Bug] = {}
+# --- fixed bugs: each keeps its failing inputs in a regression test ---------------------------
 
 
 FIXED_BUGS: dict[str, str] = {
@@ -155,70 +134,15 @@ FIXED_BUGS: dict[str, str] = {
 """Bugs this fuzzing found and that are fixed: each keeps its failing inputs in a ``test_fixed_*`` regression test."""
 
 
-class _Known:
-    """What :func:`_run` returns for a tolerated known bug."""
-
-
-KNOWN = _Known()
-
-
-def _where(e: BaseException) -> str:
-    """``file.py:function`` of the innermost frame in sparseae or in this file."""
-    here, frames = Path(__file__).resolve(), traceback.extract_tb(e.__traceback__)
-    for frame in reversed(frames):
-        path = Path(frame.filename).resolve()
-        if path == here or path.is_relative_to(SRC):
-            relative = path.relative_to(SRC).as_posix() if path.is_relative_to(SRC) else path.name
-            return f"{relative}:{frame.name}"
-    return "?"
-
-
-def _known_bug(e: BaseException, target: str) -> str | None:
-    where, message = _where(e), f"{type(e).__name__}: {e}"
-    for name, bug in KNOWN_BUGS.items():
-        if target in bug.targets and isinstance(e, bug.exc) and re.search(bug.message, message) and re.search(bug.where, where):
-            return name
-    return None
-
-
-def _run(fn: Callable[[], Any], target: str, strict: bool = False) -> Any:
-    """``fn()``; ``None`` if it raised SparseAEError; ``KNOWN`` if it hit a known bug of ``target`` (unless ``strict``)."""
+def _run(fn: Callable[[], Any], target: str) -> Any:
+    """``fn()``, or ``None`` if it raised SparseAEError, the one documented input error; anything else propagates."""
     try:
         result = fn()
     except SparseAEError:
         event(f"{target}: SparseAEError")
         return None
-    except Exception as e:
-        name = None if strict else _known_bug(e, target)
-        if name is None:
-            raise
-        event(f"{target}: known bug {name}")
-        return KNOWN
     event(f"{target}: accepted")
     return result
-
-
-def _require(condition: bool, message: str) -> None:
-    """A check whose failure may be a known bug (run it through :func:`_run`)."""
-    if not condition:
-        raise AssertionError(message)
-
-
-def _bug_test(name: str, *examples: Any):
-    """A test that pins known bug ``name``: it runs ``examples`` only, and is expected to fail with the bug's exception.
-
-    Only the first failing example is reported (``report_multiple_bugs=False``), so ``raises`` sees the bug's
-    exception rather than an ExceptionGroup.
-    """
-    bug = KNOWN_BUGS[name]
-
-    def decorate(fn):
-        for value in reversed(examples):
-            fn = example(value)(fn)
-        fn = EXPLICIT(given(st.none())(fn))
-        return pytest.mark.xfail(strict=True, raises=bug.exc, reason=bug.reason)(fn)
-
-    return decorate
 
 
 def _fixed(name: str, *examples: Any):
@@ -398,10 +322,8 @@ def idx_files(draw) -> tuple[bytes, np.ndarray | None]:
     return packed, expected
 
 
-def _check_idx(path: Path, expected: np.ndarray | None, strict: bool = False) -> None:
-    got = _run(lambda: read_idx(path), "idx", strict)
-    if got is KNOWN:
-        return
+def _check_idx(path: Path, expected: np.ndarray | None) -> None:
+    got = _run(lambda: read_idx(path), "idx")
     if expected is not None:
         assert got is not None, "valid IDX rejected"
         assert got.shape == expected.shape and got.dtype == expected.dtype
@@ -430,12 +352,12 @@ def test_idx_near_valid(scratch, case):
     bytes([0, 0, 8, 3]) + struct.pack(">III", 0, 2**32 - 1, 2**32 - 1),  # 0 bytes, but numpy's size overflows
 )
 def test_fixed_idx_size_overflow(scratch, data):
-    _check_idx(_write(scratch, "fuzz-idx", data), None, strict=True)
+    _check_idx(_write(scratch, "fuzz-idx", data), None)
 
 
 @_fixed("idx-size-zero-dim", bytes([0, 0, 8, 3]) + struct.pack(">III", 2**32 - 1, 0, 2**32 - 1))
 def test_fixed_idx_zero_dim_among_huge_ones(scratch, data):
-    _check_idx(_write(scratch, "fuzz-idx", data), None, strict=True)
+    _check_idx(_write(scratch, "fuzz-idx", data), None)
 
 
 IDX_STEMS = (
@@ -462,16 +384,13 @@ def idx_directories(draw) -> list[bytes]:
     return files
 
 
-def _check_idx_dir(directory: Path, files: list[bytes], strict: bool = False) -> None:
+def _check_idx_dir(directory: Path, files: list[bytes]) -> None:
     directory.mkdir(exist_ok=True)
     for old in directory.iterdir():
         old.unlink()
     for (stem, _), data in zip(IDX_STEMS, files, strict=True):
         (directory / stem).write_bytes(data)
-    got = _run(lambda: _check_dataset(load_data(DataConfig(str(directory))), "idx-dir", values=False), "idx-dir", strict)
-    if isinstance(got, sparseae.Dataset):
-        # Finite samples and labels >= 0, as every array loader promises (checked apart: see KNOWN_BUGS).
-        _run(lambda: _check_dataset(got, "idx-dir"), "idx-dir", strict)
+    _run(lambda: _check_dataset(load_data(DataConfig(str(directory))), "idx-dir"), "idx-dir")
 
 
 @FUZZ
@@ -491,7 +410,7 @@ def _idx(code: int, array: np.ndarray) -> bytes:
     [_idx(0x08, np.zeros((2, 1, 1))), _idx(0x09, -np.ones(2)), _idx(0x08, np.zeros((1, 1, 1))), _idx(0x08, np.zeros(1))],
 )
 def test_fixed_idx_directory_contents_unchecked(scratch, files):
-    _check_idx_dir(scratch / "idx-dir", files, strict=True)
+    _check_idx_dir(scratch / "idx-dir", files)
 
 
 @_fixed(
@@ -505,7 +424,7 @@ def test_fixed_idx_directory_contents_unchecked(scratch, files):
     [_idx(0x0E, np.full((2, 1, 1), 1e300)), _idx(0x08, np.zeros(2)), _idx(0x08, np.zeros((1, 1, 1))), _idx(0x08, np.zeros(1))],
 )
 def test_fixed_idx_directory_float_range(scratch, files):
-    _check_idx_dir(scratch / "idx-dir", files, strict=True)
+    _check_idx_dir(scratch / "idx-dir", files)
 
 
 # --- 2. .npy ----------------------------------------------------------------------------------
@@ -559,11 +478,9 @@ def npy_files(draw) -> bytes:
     return npy_bytes(text, _sized(draw, _nbytes(dims, _descr_itemsize(descr))), version)
 
 
-def _check_npy(path: Path, expected: np.ndarray | None = None, strict: bool = False) -> None:
-    memory = _run(lambda: _load(path, "npy memory", load="memory"), "npy", strict)
-    stream = _run(lambda: _load(path, "npy stream", load="stream"), "npy", strict)
-    if KNOWN in (memory, stream):
-        return
+def _check_npy(path: Path, expected: np.ndarray | None = None) -> None:
+    memory = _run(lambda: _load(path, "npy memory", load="memory"), "npy")
+    stream = _run(lambda: _load(path, "npy stream", load="stream"), "npy")
     assert (memory is None) == (stream is None), f"npy: memory load {memory}, stream load {stream}"
     if memory is not None:
         assert all(torch.equal(a, b) for a, b in zip(_whole(memory), _whole(stream), strict=True)), "npy: memory != stream"
@@ -632,7 +549,7 @@ def test_npy_saved_by_numpy(scratch, array):
     npy_bytes(repr({"descr": "<f4", "fortran_order": False, "shape": (2, -1)})),
 )
 def test_fixed_npy_negative_dim(scratch, data):
-    _check_npy(_write(scratch, "fuzz.npy", data), strict=True)
+    _check_npy(_write(scratch, "fuzz.npy", data))
 
 
 @_fixed(
@@ -641,7 +558,7 @@ def test_fixed_npy_negative_dim(scratch, data):
     npy_bytes("{b'descr': '<f4', 'fortran_order': False, 'shape': (2, 2)}", bytes(16)),
 )
 def test_fixed_npy_header(scratch, data):
-    _check_npy(_write(scratch, "fuzz.npy", data), strict=True)
+    _check_npy(_write(scratch, "fuzz.npy", data))
 
 
 # --- 3. .safetensors --------------------------------------------------------------------------
@@ -684,14 +601,13 @@ def safetensors_files(draw) -> tuple[bytes, str | None, str | None]:
     return data, key, label
 
 
-def _check_safetensors(path: Path, key: str | None, label: str | None, strict: bool = False) -> tuple[Any, Any]:
-    _run(lambda: read_tensors(path), "safetensors", strict)  # the model reader, on the same bytes
-    memory = _run(lambda: _load(path, "safetensors memory", load="memory", key=key, label_column=label), "safetensors", strict)
-    stream = _run(lambda: _load(path, "safetensors stream", load="stream", key=key, label_column=label), "safetensors", strict)
-    if KNOWN not in (memory, stream):
-        assert (memory is None) == (stream is None), f"safetensors: memory load {memory}, stream load {stream}"
-        if memory is not None:
-            assert all(torch.equal(a, b) for a, b in zip(_whole(memory), _whole(stream), strict=True))
+def _check_safetensors(path: Path, key: str | None, label: str | None) -> tuple[Any, Any]:
+    _run(lambda: read_tensors(path), "safetensors")  # the model reader, on the same bytes
+    memory = _run(lambda: _load(path, "safetensors memory", load="memory", key=key, label_column=label), "safetensors")
+    stream = _run(lambda: _load(path, "safetensors stream", load="stream", key=key, label_column=label), "safetensors")
+    assert (memory is None) == (stream is None), f"safetensors: memory load {memory}, stream load {stream}"
+    if memory is not None:
+        assert all(torch.equal(a, b) for a, b in zip(_whole(memory), _whole(stream), strict=True))
     return memory, stream
 
 
@@ -739,19 +655,18 @@ def test_safetensors_saved_by_safetensors(scratch, tensors, with_labels):
     if with_labels and set(tensors) == {"x", "y"} and tensors["x"].dtype.kind in "fiu" and tensors["x"].dtype.itemsize <= 8:
         if tensors["x"].dtype.kind != "u" or tensors["x"].dtype.itemsize == 1:  # safetensors' U16/U32/U64 are not read
             if _valid_samples(tensors["x"]):
-                if memory is not KNOWN:
-                    _expect_rows(memory, tensors["x"], "safetensors x, y")
-                    assert memory.train_labels is not None and memory.test_labels is not None, "safetensors: labels not read"
+                _expect_rows(memory, tensors["x"], "safetensors x, y")
+                assert memory.train_labels is not None and memory.test_labels is not None, "safetensors: labels not read"
 
 
 @_fixed("read-tensors", _safetensors({"x": {"dtype": "F64", "shape": [0, 2**63], "data_offsets": [0, 0]}}))
 def test_fixed_read_tensors_huge_dim(scratch, data):
-    _run(lambda: read_tensors(_write(scratch, "fuzz.safetensors", data)), "safetensors", strict=True)
+    _run(lambda: read_tensors(_write(scratch, "fuzz.safetensors", data)), "safetensors")
 
 
 @_fixed("safetensors-json-recursion", _safetensors(b"[" * 100_000 + b"]" * 100_000))
 def test_fixed_safetensors_deep_header(scratch, data):
-    _check_safetensors(_write(scratch, "fuzz.safetensors", data), None, None, strict=True)
+    _check_safetensors(_write(scratch, "fuzz.safetensors", data), None, None)
 
 
 @_fixed(
@@ -760,7 +675,7 @@ def test_fixed_safetensors_deep_header(scratch, data):
     _safetensors({"x": {"dtype": "F32", "shape": ["a", "b"], "data_offsets": [0, 0]}}),
 )
 def test_fixed_safetensors_header_entry(scratch, data):
-    _check_safetensors(_write(scratch, "fuzz.safetensors", data), None, None, strict=True)
+    _check_safetensors(_write(scratch, "fuzz.safetensors", data), None, None)
 
 
 @_fixed(
@@ -768,7 +683,7 @@ def test_fixed_safetensors_header_entry(scratch, data):
     _safetensors({"x_train": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}, "x_test": 1}, bytes(16)),
 )
 def test_fixed_safetensors_load_file(scratch, data):
-    _check_safetensors(_write(scratch, "fuzz.safetensors", data), None, None, strict=True)
+    _check_safetensors(_write(scratch, "fuzz.safetensors", data), None, None)
 
 
 # --- 5. .npz and .pt --------------------------------------------------------------------------
@@ -781,8 +696,8 @@ BIG_ENDIAN = st.sampled_from([">f4", ">f8", ">i4", ">u2"]).map(np.dtype)
 NPZ_DTYPES = ANY_DTYPE | BIG_ENDIAN | st.just(np.dtype(np.longdouble))
 
 
-def _check_arrays_file(path: Path, what: str, key: str | None, label: str | None, strict: bool = False) -> Any:
-    return _run(lambda: _load(path, what, key=key, label_column=label), what, strict)
+def _check_arrays_file(path: Path, what: str, key: str | None, label: str | None) -> Any:
+    return _run(lambda: _load(path, what, key=key, label_column=label), what)
 
 
 @st.composite
@@ -902,33 +817,33 @@ def _damaged_npz() -> bytes:
     _zip({"x.npy": npy_bytes("{" * 10)}),
 )
 def test_fixed_npz_damaged(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None)
 
 
 @_fixed("npz-uint64-wrap", _npz(x=np.full((2, 1), 2**63, np.uint64)))
 def test_fixed_npz_uint64_wraps(scratch, data):
-    got = _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None, strict=True)
+    got = _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None)
     _expect_rows(got, np.full((2, 1), 2**63, np.uint64), "npz")
 
 
 @_fixed("tensor-byte-order", _npz(x=np.ones((3, 2), ">f4")))
 def test_fixed_npz_big_endian(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None)
 
 
 @_fixed("tensor-dtype", _npz(x=np.ones((3, 2), np.longdouble)))
 def test_fixed_npz_longdouble(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None)
 
 
 @_fixed("labels-overflow", _npz(x=np.ones((3, 2), np.float32), y=np.array([np.inf, 1, 2])))
 def test_fixed_npz_infinite_label(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None)
 
 
 @_fixed("labels-unsigned", _npz(x=np.ones((3, 2), np.float32), y=np.arange(3, dtype=np.uint64)))
 def test_fixed_npz_unsigned_labels(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.npz", data), "npz", None, None)
 
 
 TORCH_DTYPES = [
@@ -997,7 +912,7 @@ def test_pt_random_objects(scratch, obj, key, label, cut):
         data = data[: int(len(data) * cut)]
     got = _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", key, label)
     named = {"x": obj} if isinstance(obj, Tensor) else obj
-    if cut is None and key is None and label is None and isinstance(named, dict) and got is not KNOWN:
+    if cut is None and key is None and label is None and isinstance(named, dict):
         unsigned = (torch.uint16, torch.uint32, torch.uint64)  # .pt rejects these (numpy's are read); a choice, not checked
         if all(isinstance(v, Tensor) and not v.is_complex() and v.dtype not in unsigned for v in named.values()):
             x, y = _numpy_samples({k: _as_numpy(v) for k, v in named.items()})
@@ -1028,22 +943,22 @@ def _pt(obj: Any) -> bytes:
 
 @_fixed("pt-unpickler-errors", b"a", b"j\xad.4F\x8bxWn", b"G:x\x1b9.")
 def test_fixed_pt_unpickler_errors(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None)
 
 
 @_fixed("dict-key-not-str", _pt({1: torch.ones(2, 2), 2: torch.ones(2, 2)}))
 def test_fixed_pt_int_keys(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None)
 
 
 @_fixed("tensor-requires-grad", _pt(torch.ones(3, 2, requires_grad=True)))
 def test_fixed_pt_requires_grad(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None)
 
 
 @_fixed("tensor-dtype", _pt(torch.ones(3, 2).to(torch.float8_e4m3fn)))
 def test_fixed_pt_float8(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.pt", data), "pt", None, None)
 
 
 # --- 4. CSV -----------------------------------------------------------------------------------
@@ -1127,10 +1042,9 @@ def numeric_csv(draw) -> tuple[bytes, np.ndarray, bool]:
     return text.encode(), np.array(values), bom
 
 
-def _check_numeric_csv(path: Path, expected: np.ndarray, bom: bool, strict: bool = False) -> None:
-    got = _check_arrays_file(path, "csv", None, None, strict)
-    if got is not KNOWN:
-        _run(lambda: _expect_rows(got, expected, "csv rows (BOM)" if bom else "csv rows"), "csv", strict)
+def _check_numeric_csv(path: Path, expected: np.ndarray, bom: bool) -> None:
+    got = _check_arrays_file(path, "csv", None, None)
+    _expect_rows(got, expected, "csv rows (BOM)" if bom else "csv rows")
 
 
 @FUZZ
@@ -1142,28 +1056,28 @@ def test_csv_numbers_load_exactly(scratch, case):
 
 @_fixed("csv-encoding", b"\xff\xfe1,2\n3,4\n")
 def test_fixed_csv_not_utf8(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.csv", data), "csv", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.csv", data), "csv", None, None)
 
 
 @_fixed("csv-label-column-number", "--1", "\u00b2")
 def test_fixed_csv_label_column_not_a_number(scratch, label):
-    _check_arrays_file(_write(scratch, "fuzz.csv", b"1,2\n3,4\n5,6\n"), "csv", None, label, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.csv", b"1,2\n3,4\n5,6\n"), "csv", None, label)
 
 
 @_fixed("labels-overflow", b"1,inf\n3,4\n5,6\n", b"1,1e300\n3,4\n5,6\n")
 def test_fixed_csv_infinite_label(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.csv", data), "csv", None, "1", strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.csv", data), "csv", None, "1")
 
 
 @_fixed("csv-field-limit", b'"' + b"1" * 200_000 + b'"\n')
 def test_fixed_csv_field_limit(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.csv", data), "csv", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.csv", data), "csv", None, None)
 
 
 @_fixed("csv-bom", ("\ufeff1.0,2.0\n3.0,4.0\n5.0,6.0\n".encode(), np.array([[1.0, 2], [3, 4], [5, 6]]), True))
 def test_fixed_csv_bom_drops_first_row(scratch, case):
     data, expected, bom = case
-    _check_numeric_csv(_write(scratch, "fuzz.csv", data), expected, bom, strict=True)
+    _check_numeric_csv(_write(scratch, "fuzz.csv", data), expected, bom)
 
 
 # --- 7. Parquet -------------------------------------------------------------------------------
@@ -1264,7 +1178,7 @@ def _parquet_nested() -> bytes:
 
 @_fixed("parquet-nested-list", _parquet_nested())
 def test_fixed_parquet_nested_list(scratch, data):
-    _check_arrays_file(_write(scratch, "fuzz.parquet", data), "parquet", None, None, strict=True)
+    _check_arrays_file(_write(scratch, "fuzz.parquet", data), "parquet", None, None)
 
 
 # --- 6. config files --------------------------------------------------------------------------
@@ -1313,15 +1227,13 @@ def _config_dicts(draw, cls: type, small: bool = False) -> dict[str, Any]:
 CONFIGS = (TrainConfig, DataConfig, DenseConfig)
 
 
-def _check_from_dict(cls: type, data: Any, strict: bool = False) -> None:
-    got = _run(lambda: from_dict(cls, data, "cfg.json"), "config", strict)
-    if got is None or got is KNOWN:
+def _check_from_dict(cls: type, data: Any) -> None:
+    got = _run(lambda: from_dict(cls, data, "cfg.json"), "config")
+    if got is None:
         return
     assert isinstance(got, cls)
     if isinstance(got, DenseConfig):
-        _run(
-            lambda: _require(all(d >= 1 for d in got.input_shape), f"DenseConfig input_shape {got.input_shape}"), "config", strict
-        )
+        assert all(d >= 1 for d in got.input_shape), f"DenseConfig input_shape {got.input_shape}"
     assert from_dict(cls, json.loads(json.dumps(to_dict(got))), "cfg.json") == got, "to_dict/from_dict round trip"
 
 
@@ -1334,16 +1246,16 @@ def test_config_from_dict(case):
 
 @_fixed("config-float-overflow", (TrainConfig, {"lr": 10**400}))
 def test_fixed_config_huge_int_for_float(case):
-    _check_from_dict(*case, strict=True)
+    _check_from_dict(*case)
 
 
 @_fixed("config-missing-required", (DataConfig, {"lm": {}}))
 def test_fixed_config_nested_missing_field(case):
-    _check_from_dict(*case, strict=True)
+    _check_from_dict(*case)
 
 
-def _check_read_json(path: Path, strict: bool = False) -> None:
-    _run(lambda: read_json(path), "json", strict)
+def _check_read_json(path: Path) -> None:
+    _run(lambda: read_json(path), "json")
 
 
 @FUZZ
@@ -1360,12 +1272,12 @@ def test_read_json_random_bytes(scratch, data):
 
 @_fixed("json-recursion", b"[" * 100_000 + b"]" * 100_000)
 def test_fixed_read_json_deep_nesting(scratch, data):
-    _check_read_json(_write(scratch, "fuzz.json", data), strict=True)
+    _check_read_json(_write(scratch, "fuzz.json", data))
 
 
 @_fixed("json-int-digits", b"1" * 5000)
 def test_fixed_read_json_long_integer(scratch, data):
-    _check_read_json(_write(scratch, "fuzz.json", data), strict=True)
+    _check_read_json(_write(scratch, "fuzz.json", data))
 
 
 @st.composite
@@ -1415,16 +1327,16 @@ _DENSE = {
     {**_DENSE, "sparsity": {"name": "topk", "params": [1]}},
 )
 def test_fixed_model_cfg_types(cfg):
-    _run(lambda: model_from_cfg(cfg, "cfg.json"), "model-cfg", strict=True)
+    _run(lambda: model_from_cfg(cfg, "cfg.json"), "model-cfg")
 
 
 @_fixed("dense-input-shape", {**_DENSE, "config": {"input_shape": [-4], "n_latents": 8}})
 def test_fixed_dense_input_shape(cfg):
-    _run(lambda: model_from_cfg(cfg, "cfg.json"), "model-cfg", strict=True)
+    _run(lambda: model_from_cfg(cfg, "cfg.json"), "model-cfg")
 
 
 @FUZZ
 @given(model_cfgs() | SMALL_JSON)
 def test_model_from_cfg(cfg):
     got = _run(lambda: model_from_cfg(cfg, "cfg.json"), "model-cfg")
-    assert got is None or got is KNOWN or isinstance(got, Autoencoder)
+    assert got is None or isinstance(got, Autoencoder)

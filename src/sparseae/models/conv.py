@@ -78,7 +78,7 @@ class ConvAutoencoder(Autoencoder):
     gives TensorFlow's placement. So ``padding="tf"`` rotates the input, runs the
     PyTorch-padded network, and rotates the output back: the same function as the
     TensorFlow model whose kernels are these kernels rotated (and whose dense
-    weights are permuted to match), at no cost. ``tests/test_models.py`` checks it
+    weights are permuted to match), at no cost. ``tests/models/test_models.py`` checks it
     against a direct crop-based reference.
     """
 

@@ -9,7 +9,7 @@ import pytest
 import sparseae
 from sparseae.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--train-limit", "2048", "--test-limit", "512", "--quiet"]
 
 

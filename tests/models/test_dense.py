@@ -146,3 +146,20 @@ def test_dense_model_on_images_keeps_their_shape(mnist):
     model = sparseae.build_preset("dense", mnist.sample_shape, seed=0, n_latents=64)
     assert model.reconstruct(mnist.test[:3]).shape == (3, 1, 28, 28)
     assert model.sparsity.name == "topk" and model.config.aux_k == 256
+
+
+def test_a_dead_window_of_none_counts_firings_of_an_average_latent():
+    # DEAD_FIRINGS (40) x n_latents / k: 40 x 16 / 4 = 160 samples at k 4, twice that at k 2.
+    assert dense(dead_window=None).dead_window() == 160
+    assert dense(dead_window=None, sparsity=build_sparsity("topk", k=2)).dead_window() == 320
+    assert dense(dead_window=None, sparsity=build_sparsity("batchtopk", k=4)).dead_window() == 160
+    assert dense(dead_window=None, sparsity=build_sparsity("l1")).dead_window() == 8192  # no k: samples
+    assert dense(dead_window=500).dead_window() == 500
+    model = dense(dead_window=None, aux_k=2)
+    with torch.no_grad():
+        model.samples_since_fired[:3] = torch.tensor([159, 160, 10_000])
+    assert model._dead()[:3].tolist() == [False, True, True]
+    model.set_epoch_rows(100)  # an epoch shorter than the window: a silent epoch is enough
+    assert model._dead()[:3].tolist() == [True, True, True]
+    with pytest.raises(sparseae.SparseAEError, match=r"dead_window: expected an integer >= 1, got 0"):
+        DenseConfig(dead_window=0)

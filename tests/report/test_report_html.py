@@ -11,7 +11,7 @@ import sparseae
 from sparseae.report import write_comparison, write_report
 
 XSS = "<script>window.__xss = 1</script>"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
