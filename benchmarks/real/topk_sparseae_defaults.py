@@ -27,6 +27,7 @@ held-out array, as for every contender. Runs in the project's .venv::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -41,7 +42,6 @@ from topk_common import Config, evaluate  # noqa: E402 - benchmarks/speed/topk_c
 
 import sparseae  # noqa: E402
 from sparseae import training  # noqa: E402
-from sparseae._config import to_dict  # noqa: E402
 from sparseae.training import trainer  # noqa: E402
 
 VARIANT_KEYS = {"model", "sparsity", "train"}
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         "step_s times each Trainer.step",
         "variant": variant,
         "model_config": model.describe(),
-        "train_config": to_dict(train_cfg),
+        "train_config": dataclasses.asdict(train_cfg),
         "curve": curve,
         "curve_rows": min(cfg.curve_rows, len(test_np)),
     }

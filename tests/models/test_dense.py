@@ -148,16 +148,17 @@ def test_dense_model_on_images_keeps_their_shape(mnist):
     assert model.sparsity.name == "topk" and model.config.aux_k == 256
 
 
-def test_a_dead_window_of_none_counts_firings_of_an_average_latent():
-    # DEAD_FIRINGS (40) x n_latents / k: 40 x 16 / 4 = 160 samples at k 4, twice that at k 2.
-    assert dense(dead_window=None).dead_window() == 160
-    assert dense(dead_window=None, sparsity=build_sparsity("topk", k=2)).dead_window() == 320
-    assert dense(dead_window=None, sparsity=build_sparsity("batchtopk", k=4)).dead_window() == 160
-    assert dense(dead_window=None, sparsity=build_sparsity("l1")).dead_window() == 8192  # no k: samples
+def test_a_dead_window_of_none_is_8192_samples_or_40_firings_of_an_average_latent():
+    # DEAD_FIRINGS (40) x n_latents / k where longer than 8,192: 40 x 4096 / 16 = 10,240 at k 16.
+    assert dense(dead_window=None, n_latents=4096, sparsity=build_sparsity("topk", k=16)).dead_window() == 10_240
+    assert dense(dead_window=None, n_latents=4096, sparsity=build_sparsity("batchtopk", k=16)).dead_window() == 10_240
+    assert dense(dead_window=None, n_latents=4096, sparsity=build_sparsity("topk", k=32)).dead_window() == 8192  # 5,120
+    assert dense(dead_window=None).dead_window() == 8192  # 40 x 16 / 4 = 160
+    assert dense(dead_window=None, sparsity=build_sparsity("l1")).dead_window() == 8192  # no k
     assert dense(dead_window=500).dead_window() == 500
-    model = dense(dead_window=None, aux_k=2)
+    model = dense(dead_window=None, aux_k=2, n_latents=4096, sparsity=build_sparsity("topk", k=16))
     with torch.no_grad():
-        model.samples_since_fired[:3] = torch.tensor([159, 160, 10_000])
+        model.samples_since_fired[:3] = torch.tensor([10_239, 10_240, 100_000])
     assert model._dead()[:3].tolist() == [False, True, True]
     model.set_epoch_rows(100)  # an epoch shorter than the window: a silent epoch is enough
     assert model._dead()[:3].tolist() == [True, True, True]

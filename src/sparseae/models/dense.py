@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from sparseae import distributed
 from sparseae import kernels as topk_kernels
-from sparseae.errors import check
+from sparseae.errors import check, positive_int
 from sparseae.models.base import Autoencoder, ModelOutput, register_model
 from sparseae.sparsity import Sparsity
 
@@ -46,9 +46,12 @@ class DenseConfig:
     aux_fraction: float = 1.0
     """Share of each batch's rows that the AuxK loss is computed on (a random sample,
     as batches are shuffled): its sparse backward costs aux_k / k times the main code's per row."""
-    dead_window: int = 1_000_000
+    dead_window: int | None = 1_000_000
     """A latent is dead after this many training samples without firing, or after a
-    whole epoch without firing where the training data is shorter than that."""
+    whole epoch without firing where the training data is shorter than that. None: after
+    8,192 samples, or DEAD_FIRINGS (40) x n_latents / k where that is longer (the time in
+    which a latent of average frequency fires 40 times, for a constraint with k units per
+    row: TopK, BatchTopK; 15,360 for 6,144 latents at k 16)."""
     weight_decay: float = 0.0
     """(weight_decay / 2) * sum of squared weights (not biases) is added to the loss, as in Ng's notes."""
     output_activation: Literal["none", "sigmoid", "relu"] = "none"
@@ -64,7 +67,8 @@ class DenseConfig:
         )
         check(self.n_latents >= 1, "n_latents", expected="an integer >= 1", got=self.n_latents, fix="Use a positive code size.")
         check(self.aux_k >= 0, "aux_k", expected="an integer >= 0", got=self.aux_k, fix="Use 0 to switch AuxK off.")
-        check(self.dead_window >= 1, "dead_window", expected="an integer >= 1", got=self.dead_window, fix="Count samples.")
+        if self.dead_window is not None:
+            positive_int(self.dead_window, "dead_window", fix="Count samples, or leave it unset (None) to count firings.")
         fraction = self.aux_fraction
         check(0 < fraction <= 1, "aux_fraction", expected="a number in (0, 1]", got=fraction, fix="Use 1 for every row.")
         for name in ("aux_coef", "weight_decay"):
@@ -75,6 +79,13 @@ class DenseConfig:
     def d_in(self) -> int:
         return math.prod(self.input_shape)
 
+
+DEAD_FIRINGS = 40
+"""With ``dead_window=None``: a latent is dead after at least the samples in which one of average frequency
+fires this often (docs/choosing.md, "The dense recipe": 8,192 samples alone left 6.5% of the latents dead
+at k 16)."""
+MIN_DEAD_WINDOW = 8192
+"""With ``dead_window=None``: the shortest window, and the window of a constraint without a fixed k."""
 
 FIT_SAMPLES = 4096
 """Rows of the initialisation sample that `DenseAutoencoder.encoder_scale_fit` uses."""
@@ -194,8 +205,16 @@ class DenseAutoencoder(Autoencoder):
 
     def _dead(self) -> Tensor:
         """Latents silent for the last ``dead_window`` training samples (or epoch, if shorter) before this batch, (n,) bool."""
-        window = self.config.dead_window if self.epoch_rows is None else min(self.config.dead_window, self.epoch_rows)
-        return self.samples_since_fired >= window
+        window = self.dead_window()
+        return self.samples_since_fired >= (window if self.epoch_rows is None else min(window, self.epoch_rows))
+
+    def dead_window(self) -> int:
+        """The dead window in samples: ``config.dead_window``, or (when that is None) the longer of
+        `MIN_DEAD_WINDOW` and `DEAD_FIRINGS` x n_latents / k."""
+        if self.config.dead_window is not None:
+            return self.config.dead_window
+        k = self.sparsity.units_per_row()
+        return MIN_DEAD_WINDOW if k is None else max(MIN_DEAD_WINDOW, round(DEAD_FIRINGS * self.config.n_latents / k))
 
     def set_epoch_rows(self, rows: int) -> None:
         self.epoch_rows = rows if rows > 0 else None

@@ -74,9 +74,11 @@ DENSE_LR = (4e-3, 4096, 2e-3)
 """The dense preset's learning rate at a batch size, and its floor: other batch sizes get it scaled by
 sqrt(batch_size / 4096) down to 2e-3 (reached at 1,024; 2e-3 at 128 too, where the rule would give 7.1e-4,
 which trained MNIST's TopK k=50 to FVU 0.095 against 0.064 at 2e-3)."""
-DENSE_DEAD_WINDOW = 8192
-"""The dense preset's AuxK dead window, in samples: short enough for AuxK to revive latents within a
-few hundred steps (a million-sample window never engages in a 256-step run of batch 4,096)."""
+DENSE_DEAD_WINDOW = None
+"""The dense preset's AuxK dead window: None is 8,192 samples, or 40 firings of an average latent
+(`DEAD_FIRINGS` x n_latents / k) where that is longer (15,360 for 6,144 latents at k 16): short enough
+for AuxK to revive latents within a few hundred steps (a million-sample window never engages in a
+256-step run of batch 4,096), and not too short in firings at a small k."""
 
 PRESETS: dict[str, Preset] = {
     "mnist-conv": Preset(

@@ -48,6 +48,11 @@ class Sparsity(nn.Module):
     with no state changed by calling it: then a model may fit its encoder's scale at
     initialisation (`DenseAutoencoder.encoder_scale_fit`)."""
 
+    def units_per_row(self) -> float | None:
+        """The mean number of units this constraint keeps active per row in training, where it fixes one
+        (TopK's and BatchTopK's k); None where the data decides (L1, KL, JumpReLU, ...)."""
+        return None
+
     def sparse_k(self) -> int | None:
         """k, when this constraint's code is exactly the ReLU of each row's k largest pre-activations (in
         the current mode): then a model may compute it with the sparse TopK kernels (`sparseae.kernels`)

@@ -34,6 +34,9 @@ class BatchTopK(Sparsity):
     def setup(self, n_latents: int) -> None:
         check_k(self.k, n_latents, "batchtopk k")
 
+    def units_per_row(self) -> float | None:
+        return float(self.k)
+
     def forward(self, pre: Tensor) -> Tensor:
         relu = torch.relu(pre)
         if not self.training:

@@ -37,6 +37,9 @@ class TopK(Sparsity):
         k = self.k if self.training else max(1, round(self.alpha * self.k))
         return min(k, self.n_latents)
 
+    def units_per_row(self) -> float | None:
+        return float(self.k)
+
     def sparse_k(self) -> int | None:
         # The kernels compute TopK.forward: a subclass that changes forward has a code of its own.
         return self.active() if type(self).forward is TopK.forward else None
