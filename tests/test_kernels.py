@@ -26,6 +26,7 @@ from sparseae import kernels, runtime
 from sparseae.cli import main
 from sparseae.errors import SparseAEError
 from sparseae.models import DenseAutoencoder, DenseConfig
+from sparseae.models.dense import DENSE_AUX_FACTOR
 from sparseae.sparsity import build_sparsity
 from sparseae.sparsity.topk import TopK
 
@@ -235,11 +236,16 @@ MODEL_CONFIGS = {
     "sigmoid-weight-decay": {"output_activation": "sigmoid", "weight_decay": 1e-3},
     "preprocessed": {"preprocess": "standardize"},
     "auxk-on-a-quarter-of-the-rows": {"aux_fraction": 0.25},  # 12 of 48
+    # 40 dead from the first step: at most DENSE_AUX_FACTOR x aux_k (dense matmuls over the dead
+    # columns) with aux_k 16 and 32, more (the sparse kernels) with aux_k 4.
+    "auxk-dense-over-the-dead-fewer-than-aux-k": {"aux_k": 64},
+    "auxk-through-the-sparse-kernels": {"aux_k": 4},
+    "auxk-sparse-kernels-on-a-quarter-of-the-rows": {"aux_k": 4, "aux_fraction": 0.25},
 }
 
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS.values(), ids=MODEL_CONFIGS.keys())
-def test_dense_model_training_steps_equal_with_kernels_auto_and_reference(config):
+def test_dense_model_training_steps_equal_with_kernels_auto_and_reference(config, monkeypatch):
     config = dict(config)
     preprocess = config.pop("preprocess", None)
     torch.manual_seed(0)
@@ -251,6 +257,9 @@ def test_dense_model_training_steps_equal_with_kernels_auto_and_reference(config
     with torch.no_grad():
         model.samples_since_fired[:40] = 10_000  # dead: AuxK runs from the first step
     auto, ref = auto_and_reference(model)
+    dead_sets = []  # the AuxK latents the sparse kernels were given (None: AuxK ran dense, or not at all)
+    encode = kernels.topk_encode
+    monkeypatch.setattr(kernels, "topk_encode", lambda *a, **kw: dead_sets.append(kw["aux"]) or encode(*a, **kw))
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (auto, ref)]
     aux_losses = []
     for batch in x:
@@ -276,6 +285,8 @@ def test_dense_model_training_steps_equal_with_kernels_auto_and_reference(config
             opt.step()
             m.after_step()
     assert all(a > 0 for a in aux_losses[:2]), aux_losses  # AuxK ran
+    sparse_path = 40 > DENSE_AUX_FACTOR * model.config.aux_k
+    assert (dead_sets[0] is not None and len(dead_sets[0]) >= 40) == sparse_path, dead_sets[0]
     assert auto.W_dec.T.is_contiguous()
 
 

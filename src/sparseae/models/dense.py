@@ -87,6 +87,10 @@ at k 16)."""
 MIN_DEAD_WINDOW = 8192
 """With ``dead_window=None``: the shortest window, and the window of a constraint without a fixed k."""
 
+DENSE_AUX_FACTOR = 4
+"""With the sparse kernels, AuxK runs as dense matmuls over the dead latents' columns while they are at most
+this many times aux_k, and through the sparse kernels beyond (the crossover measured in docs/performance.md)."""
+
 FIT_SAMPLES = 4096
 """Rows of the initialisation sample that `DenseAutoencoder.encoder_scale_fit` uses."""
 
@@ -152,6 +156,7 @@ class DenseAutoencoder(Autoencoder):
         x = self.preprocess(x)
         dead = self._dead() if self.training and c.aux_k else None
         aux = dead.nonzero().squeeze(1) if dead is not None and dead.any() else None
+        few_dead = aux is not None and len(aux) <= DENSE_AUX_FACTOR * c.aux_k
         code, aux_code = topk_kernels.topk_encode(
             x.flatten(1),
             self.encoder.weight,
@@ -159,7 +164,7 @@ class DenseAutoencoder(Autoencoder):
             k,
             self._centre(),
             dtype,
-            aux=aux,
+            aux=None if few_dead else aux,
             aux_k=c.aux_k,
             aux_rows=self._aux_rows(len(x)),
         )
@@ -168,7 +173,10 @@ class DenseAutoencoder(Autoencoder):
         if self.training:
             dense = topk_kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
             self._count_firing(topk_kernels.fired(dense), len(x))
-            if aux is not None:
+            if few_dead:
+                rows = self._aux_rows(len(x))
+                loss = loss + self._auxk_loss(self._dead_decode(x[:rows], aux), x[:rows], recon[:rows])
+            elif aux is not None:
                 rows = len(aux_code.values)
                 loss = loss + self._auxk_loss(topk_kernels.sparse_decode(aux_code, self.W_dec), x[:rows], recon[:rows])
         else:
@@ -193,6 +201,16 @@ class DenseAutoencoder(Autoencoder):
             aux_code = torch.zeros_like(pre[:rows]).scatter_(-1, indices, torch.relu(values))
             loss = loss + self._auxk_loss(aux_code @ self.W_dec.T, x[:rows], recon[:rows])
         return loss
+
+    def _dead_decode(self, x: Tensor, dead: Tensor) -> Tensor:
+        """AuxK's reconstruction from the ``aux_k`` largest pre-activations among the latents ``dead`` (indices),
+        as dense matmuls over their columns only: the same function as `auxiliary_loss`'s, cheaper than the
+        sparse kernels while the dead are few."""
+        pre = torch.addmm(self.encoder.bias[dead], x.flatten(1) - self._centre(), self.encoder.weight[dead].T)
+        if len(dead) > self.config.aux_k:
+            values, indices = pre.topk(self.config.aux_k, dim=-1, sorted=False)
+            pre = torch.zeros_like(pre).scatter(-1, indices, values)
+        return pre.relu() @ self.W_dec[:, dead].T
 
     def _aux_rows(self, rows: int) -> int:
         return max(1, round(rows * self.config.aux_fraction))
