@@ -8,6 +8,7 @@ from sparseae.data.download import DATASETS, load_named
 from sparseae.data.idx import read_idx
 from sparseae.data.loading import LM_TEST_ROWS, NAMED_SOURCES, is_named_source, load_data
 from sparseae.data.mnist import load_mnist
+from sparseae.data.rows import Documents, RowInfo, TokenRows
 from sparseae.data.shards import ShardReader, is_shard_dir, write_shards
 from sparseae.data.split import holdout_rows
 from sparseae.data.stream import RowReader, RowStream, Stream
@@ -19,13 +20,16 @@ __all__ = [
     "DATASETS",
     "DataConfig",
     "Dataset",
+    "Documents",
     "LM_TEST_ROWS",
     "NAMED_SOURCES",
+    "RowInfo",
     "RowReader",
     "RowStream",
     "STREAMABLE_SUFFIXES",
     "ShardReader",
     "Stream",
+    "TokenRows",
     "check_finite_rows",
     "holdout_rows",
     "is_named_source",

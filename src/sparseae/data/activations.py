@@ -25,6 +25,10 @@ Choices, made once here:
   model), are never run; see ``benchmarks/lm_activations.py`` for what that saves.
 * ``torch.no_grad`` rather than ``torch.inference_mode``: inference tensors cannot be
   saved for backward, and these rows are the input of an SAE being trained.
+* **What each row is.** A `sparseae.data.tokens.TokenLog` records the document (one
+  sequence fed to the model) and position of every row, and every token of those
+  sequences; `cache_activations` keeps it beside the shards, and ``--data lm`` keeps it
+  for its test rows (see `sparseae.data.tokens`).
 
 ``transformers`` (and ``datasets``, for ``hf:`` text) are imported where used, so that
 ``import sparseae`` stays fast; both come with ``pip install 'sparseae[lm]'``.
@@ -48,7 +52,9 @@ from torch import Tensor, nn
 
 from sparseae._config import to_dict
 from sparseae.data.config import ActivationConfig
+from sparseae.data.rows import TokenRows
 from sparseae.data.stream import Stream
+from sparseae.data.tokens import TokenLog, write_tokens
 from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check
 
@@ -265,12 +271,14 @@ def iter_activations(
     exclude_bos: bool = True,
     max_tokens: int | None = None,
     stop_early: bool = True,
+    tokens: TokenLog | None = None,
 ) -> Iterator[Tensor]:
     """The output of ``module_name`` at every real token of ``texts``, one float32 CPU tensor ``(n_tokens, d_model)`` per batch.
 
     Rows come in text order (sequence by sequence, position by position); padding never
     gives a row, nor BOS when ``exclude_bos``. Exactly ``max_tokens`` rows in all (fewer if
     the text runs out). ``stop_early=False`` runs the whole model, for comparison only.
+    ``tokens``, if given, records the sequence and position of every row, and every token of those sequences.
     """
     _check_sizes(context_length, batch_size)
     module = find_module(model, module_name)
@@ -308,8 +316,11 @@ def iter_activations(
                     got=f"shape {tuple(out.shape)}",
                     fix="Hook a module that keeps one vector per token (a block, an MLP, an attention output).",
                 )
-            rows = out[_keep(mask, tokenizer, exclude_bos).to(out.device)]  # (n, d)
+            keep = _keep(mask, tokenizer, exclude_bos)  # (B, T)
+            rows = out[keep.to(out.device)]  # (n, d), row-major over keep
             rows = rows[: int(min(left, len(rows)))].float().cpu()
+            if tokens is not None:
+                tokens.add(ids, mask, keep, len(rows))
             left -= len(rows)
             if len(rows):
                 yield rows
@@ -319,11 +330,13 @@ def iter_activations(
         handle.remove()
 
 
-def _collect(config: ActivationConfig, model: nn.Module, tokenizer: Any, max_tokens: int) -> Iterator[Tensor]:
+def _collect(
+    config: ActivationConfig, model: nn.Module, tokenizer: Any, max_tokens: int, tokens: TokenLog | None = None
+) -> Iterator[Tensor]:
     texts = read_texts(config.text, text_column=config.text_column, split=config.split)
     kwargs = dict(context_length=config.context_length, batch_size=config.batch_size, exclude_bos=config.exclude_bos)
     got = 0
-    for rows in iter_activations(model, tokenizer, config.module, texts, max_tokens=max_tokens, **kwargs):
+    for rows in iter_activations(model, tokenizer, config.module, texts, max_tokens=max_tokens, tokens=tokens, **kwargs):
         got += len(rows)
         yield rows
     if got == 0:
@@ -347,7 +360,9 @@ def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_sha
     Read it back with `sparseae.data.shards.ShardReader`. The manifest's metadata
     holds ``config`` (under ``"config"``, loadable with ``from_dict(ActivationConfig, ...)``),
     ``d_model``, ``rows``, ``seconds`` and ``tokens_per_s``. Text with fewer tokens than
-    ``config.tokens`` gives a smaller cache, with a warning.
+    ``config.tokens`` gives a smaller cache, with a warning. The document, position and
+    token of every row are written beside the shards (`sparseae.data.tokens`; read with
+    ``read_tokens``, or ``load_data`` fills ``Dataset.test_rows``).
     """
     from tqdm.auto import tqdm
 
@@ -357,20 +372,22 @@ def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_sha
     # row: filling the dict in as the rows run out records the measured speed in it.
     metadata: dict[str, Any] = {"source": "lm-activations", "config": to_dict(config)}
 
-    def rows(model: nn.Module, tokenizer: Any) -> Iterator[Tensor]:
+    def rows(directory: Path, model: nn.Module, tokenizer: Any) -> Iterator[Tensor]:
         start, n, d_model = time.perf_counter(), 0, 0
+        tokens = TokenLog()
         with tqdm(total=config.tokens, unit="tok", disable=not progress, desc="activations") as bar:
-            for batch in _collect(config, model, tokenizer, config.tokens):
+            for batch in _collect(config, model, tokenizer, config.tokens, tokens):
                 n, d_model = n + len(batch), batch.shape[1]
                 bar.update(len(batch))
                 yield batch
+        write_tokens(directory, tokens.token_rows(tokenizer, config.model))  # before the manifest, which write_into writes last
         seconds = time.perf_counter() - start
         metadata.update(d_model=d_model, rows=n, seconds=round(seconds, 3), tokens_per_s=round(n / seconds, 1))
         if n < config.tokens:
             log.warning("%s holds %d tokens, fewer than the %d asked for: the cache is smaller.", config.text, n, config.tokens)
 
     with claim(out) as directory:  # before the model loads: a second process writing here is refused at once
-        return write_into(rows(*load_lm(config.model, config.device)), directory, rows_per_shard=rows_per_shard,
+        return write_into(rows(directory, *load_lm(config.model, config.device)), directory, rows_per_shard=rows_per_shard,
                           metadata=metadata)  # fmt: skip
 
 
@@ -412,15 +429,16 @@ class ActivationStream(Stream):
         self.buffer_rows = max(1, buffer_batches) * config.batch_size * config.context_length
         self._lm = lm  # (model, tokenizer), shared between streams of one model
         self._head = torch.empty(0)
+        self._head_tokens: TokenRows | None = None
 
     def _model(self) -> tuple[nn.Module, Any]:
         if self._lm is None:  # loaded on first use, so that building a stream is free
             self._lm = load_lm(self.config.model, self.config.device)
         return self._lm
 
-    def _rows(self, max_tokens: int) -> Iterator[Tensor]:
+    def _rows(self, max_tokens: int, tokens: TokenLog | None = None) -> Iterator[Tensor]:
         to_skip = self.skip
-        for rows in _collect(self.config, *self._model(), max_tokens + self.skip):
+        for rows in _collect(self.config, *self._model(), max_tokens + self.skip, tokens):
             if to_skip >= len(rows):
                 to_skip -= len(rows)
                 continue
@@ -442,8 +460,16 @@ class ActivationStream(Stream):
     def head(self, n: int) -> Tensor:
         n = min(n, len(self))
         if len(self._head) < n:
-            self._head = torch.cat(list(self._rows(n)))
+            tokens = TokenLog()
+            self._head = torch.cat(list(self._rows(n, tokens)))
+            self._head_tokens = tokens.token_rows(self._model()[1], self.config.model).select(slice(self.skip, None))
         return self._head[:n]
+
+    def head_tokens(self, n: int) -> TokenRows:
+        """The document and position of each of the first ``n`` rows (as `head` gives them)."""
+        rows = self.head(n)
+        assert self._head_tokens is not None  # filled by head
+        return self._head_tokens.select(slice(0, len(rows)))
 
     def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

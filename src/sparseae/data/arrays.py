@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparseae.data.parquet import read_parquet
+from sparseae.data.rows import RowInfo
 from sparseae.data.stream import RowReader
-from sparseae.data.tables import read_csv, read_parquet
+from sparseae.data.tables import Table, read_csv
 from sparseae.errors import SparseAEError
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ STREAMABLE_SUFFIXES = (".npy", ".safetensors")
 
 
 class Arrays:
-    """What a file holds: samples, and where the file has them, labels and its own test split."""
+    """What a file holds: samples, and where the file has them, labels, its own test split, what each
+    row is (``rows``: the rows of ``x``, then those of ``test``) and a name per feature (``columns``)."""
 
     def __init__(
         self,
@@ -38,8 +41,15 @@ class Arrays:
         test: Tensor | None = None,
         test_labels: Tensor | None = None,
         label_names: tuple[str, ...] | None = None,
+        rows: RowInfo | None = None,
+        columns: tuple[str, ...] | None = None,
     ):
         self.x, self.labels, self.test, self.test_labels, self.label_names = x, labels, test, test_labels, label_names
+        self.rows, self.columns = rows, columns
+
+    def __len__(self) -> int:
+        """Rows in all: those of ``x`` and of ``test``."""
+        return len(self.x) + (0 if self.test is None else len(self.test))
 
 
 # --- files read in place ------------------------------------------------------------
@@ -250,17 +260,18 @@ def read_arrays(
     columns: str | None = None,
     drop_columns: str | None = None,
     csv_delimiter: str | None = None,
+    text_column: str | None = None,
 ) -> Arrays:
     """The samples (and labels) in an array file; ``.npy``/``.safetensors`` come back as readers.
 
-    ``columns``, ``drop_columns`` (CSV, Parquet) and ``csv_delimiter`` are those of
+    ``columns``, ``drop_columns``, ``text_column`` (CSV, Parquet) and ``csv_delimiter`` are those of
     `DataConfig`. Every problem with the file's contents is a
     `SparseAEError` naming the file: the specific checks below say what was wrong;
     anything a parser underneath raises on a damaged file (zip, pickle, JSON, header
     errors) is reported as such.
     """
     try:
-        return _read_arrays(path, key, label_column, (columns, drop_columns, csv_delimiter))
+        return _read_arrays(path, key, label_column, (columns, drop_columns, csv_delimiter), text_column)
     except SparseAEError:
         raise
     except Exception as e:  # a damaged file: the parsers underneath raise all kinds of errors
@@ -278,7 +289,9 @@ def damaged(path: Path, error: BaseException) -> SparseAEError:
     )
 
 
-def _read_arrays(path: Path, key: str | None, label_column: str | None, table: tuple[str | None, ...]) -> Arrays:
+def _read_arrays(
+    path: Path, key: str | None, label_column: str | None, table: tuple[str | None, ...], text_column: str | None
+) -> Arrays:
     if not path.is_file():
         raise SparseAEError(
             str(path),
@@ -289,7 +302,7 @@ def _read_arrays(path: Path, key: str | None, label_column: str | None, table: t
     if path.stat().st_size == 0:
         raise SparseAEError(str(path), expected="a file with data", got="an empty file", fix="Write the data again.")
     suffix = path.suffix.lower()
-    _check_table_flags(path, suffix, *table)
+    _check_table_flags(path, suffix, *table, text_column)
     if suffix == ".npy":
         return _check_labels(path, Arrays(NpyReader(path)), label_column, key)
     if suffix == ".safetensors":
@@ -332,19 +345,22 @@ def _read_arrays(path: Path, key: str | None, label_column: str | None, table: t
     if suffix in (".pt", ".pth"):
         return _from_dict(path, _torch_load(path), key, label_column)
     if suffix == ".csv":
-        return _table(path, read_csv(path, label_column, *table))
+        return _table(path, read_csv(path, label_column, *table, text_column))
     if suffix == ".parquet":
-        return _table(path, read_parquet(path, label_column, *table[:2]))
+        return _table(path, read_parquet(path, label_column, *table[:2], text_column))
     raise SparseAEError(
         str(path), expected=f"a file ending in {', '.join(ARRAY_SUFFIXES)}", got=repr(suffix or path.name), fix="Convert it."
     )
 
 
-def _check_table_flags(path: Path, suffix: str, columns: str | None, drop_columns: str | None, csv_delimiter: str | None) -> None:
+def _check_table_flags(
+    path: Path, suffix: str, columns: str | None, drop_columns: str | None, csv_delimiter: str | None, text_column: str | None
+) -> None:
     """Refuse column flags for a file without named columns, rather than ignore them."""
     for flag, value, kinds in (
         ("--columns", columns, {".csv": "CSV", ".parquet": "Parquet"}),
         ("--drop-columns", drop_columns, {".csv": "CSV", ".parquet": "Parquet"}),
+        ("--text-column", text_column, {".csv": "CSV", ".parquet": "Parquet"}),
         ("--csv-delimiter", csv_delimiter, {".csv": "CSV"}),
     ):
         if value is not None and suffix not in kinds:
@@ -515,8 +531,9 @@ def _check_labels(path: Path, arrays: Arrays, label_column: str | None, key: str
     return arrays
 
 
-def _table(path: Path, table: tuple[np.ndarray, np.ndarray | None]) -> Arrays:
-    x, labels = table
-    return _check_labels(
-        path, Arrays(torch.from_numpy(x.astype(np.float32)), None if labels is None else torch.from_numpy(labels)), None, None
-    )
+def _table(path: Path, table: Table) -> Arrays:
+    labels = None if table.labels is None else torch.from_numpy(table.labels)
+    rows = None if table.texts is None else RowInfo(texts=table.texts)
+    arrays = Arrays(torch.from_numpy(table.x.astype(np.float32)), labels, label_names=table.label_names, rows=rows,
+                    columns=table.columns)  # fmt: skip
+    return _check_labels(path, arrays, None, None)

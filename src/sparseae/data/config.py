@@ -93,7 +93,16 @@ class DataConfig:
     """The array holding the samples in a .npz, .safetensors or .pt file with several
     (found by itself for one array, 'x', or Keras' x_train/x_test)."""
     label_column: str | None = None
-    """Labels: a CSV/Parquet column (name or number) or an array name in .npz/.safetensors/.pt."""
+    """Labels: a CSV/Parquet column (name or number) or an array name in .npz/.safetensors/.pt.
+    A column of whole numbers gives those classes; one of words ('cat', 'dog') gives classes
+    0, 1, ... in sorted order, named by the words."""
+    text_column: str | None = None
+    """A CSV/Parquet column holding the text of each row (what an embedding row embeds): kept
+    to show in the report, never trained on."""
+    texts: str | None = None
+    """A file with the text of each row of the data: .txt (one line per row) or .jsonl (one
+    JSON object with a 'text' key, or a JSON string, per line). Found by itself beside an
+    array file of the same name (embeddings.npy and embeddings.txt or embeddings.jsonl)."""
     columns: str | None = None
     """The feature columns of a CSV or Parquet file, comma-separated: names, 0-based numbers,
     FIRST:LAST ranges (both ends included) or patterns such as 'pixel*'. All columns but the
@@ -140,6 +149,17 @@ class DataConfig:
         for name in ("patch_size", "n_patches", "shuffle_buffer"):
             value = getattr(self, name)
             check(value >= 1, name, expected="a positive integer", got=value, fix=f"Pass a positive {name}.")
+        for name in ("text_column", "texts"):
+            value = getattr(self, name)
+            check(value is None or value.strip() != "", name, expected="a non-empty name, or unset", got=repr(value),
+                  fix="Leave it unset.")  # fmt: skip
+        check(
+            self.text_column is None or self.texts is None,
+            "texts",
+            expected="the texts from one place: a text column or a file of texts",
+            got=f"text_column {self.text_column!r} and texts {self.texts!r}",
+            fix="Pass --text-column or --texts, not both.",
+        )
         for name in ("columns", "drop_columns"):
             value = getattr(self, name)
             check(

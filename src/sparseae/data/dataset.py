@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from sparseae.data.config import DataConfig
+from sparseae.data.rows import RowInfo
 from sparseae.data.stream import Stream
 from sparseae.errors import SparseAEError, check
 
@@ -21,6 +22,7 @@ class Dataset:
     Labels, where the data has them, are int64 tensors of shape ``(N,)``. A split that is a
     `Stream` is read batch by batch (data larger than memory);
     a test split on disk is a `RowStream`, which slices like a tensor.
+    What each test row is (its text, or its token in a document) is ``test_rows``.
     """
 
     name: str
@@ -32,6 +34,10 @@ class Dataset:
     """How to load this data again; ``None`` for data built in memory."""
     label_names: tuple[str, ...] | None = None
     """A name per label value (label i is called label_names[i]), where the data has them."""
+    test_rows: RowInfo | None = None
+    """What each test sample is (a text, a token in a document), where the data says; one entry per test sample."""
+    columns: tuple[str, ...] | None = None
+    """A name per feature of flat samples ``(N, D)`` (a table's column names, in feature order), where the data has them."""
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.train, self.train_labels), ("test", self.test, self.test_labels)):
@@ -61,15 +67,40 @@ class Dataset:
             got=tuple(self.test.shape[1:]),
             fix="Both splits must come from the same kind of data.",
         )
+        if self.test_rows is not None and len(self.test_rows) != len(self.test):
+            raise SparseAEError(
+                f"{self.name} test_rows",
+                expected=f"one entry per test sample ({len(self.test)})",
+                got=f"{len(self.test_rows)} entries",
+                fix="Select the row information of the test samples (RowInfo.select with the test rows).",
+            )
+        if self.columns is not None:
+            check(
+                len(self.sample_shape) == 1 and len(self.columns) == self.sample_shape[0],
+                f"{self.name} columns",
+                expected=f"one name per feature of flat samples (samples of shape {self.sample_shape})",
+                got=f"{len(self.columns)} names",
+                fix="Pass a name for each column of x, or none.",
+            )
 
     @classmethod
     def from_array(
-        cls, x: Any, labels: Any = None, *, test_fraction: float = 0.1, name: str = "array", label_names: Any = None
+        cls,
+        x: Any,
+        labels: Any = None,
+        *,
+        test_fraction: float = 0.1,
+        name: str = "array",
+        label_names: Any = None,
+        texts: Any = None,
+        columns: Any = None,
     ) -> Dataset:
         """A data set from samples in memory (a NumPy array or tensor ``(N, *sample_shape)``), ``test_fraction`` held out.
 
         The held-out rows are random blocks of neighbouring rows, the same for every call
-        with the same ``N`` (see `sparseae.data.split.holdout_rows`).
+        with the same ``N`` (see `sparseae.data.split.holdout_rows`). ``texts``: a string per
+        sample (what it embeds), kept for the test samples as ``test_rows.texts``;
+        ``columns``: a name per feature of ``(N, D)`` samples.
         """
         from sparseae.data.split import holdout_rows
 
@@ -81,7 +112,22 @@ class Dataset:
             return None if t is None else t[r]
 
         names = None if label_names is None else tuple(map(str, label_names))
-        return cls(name, x[train_rows], x[test_rows], rows(y, train_rows), rows(y, test_rows), label_names=names)
+        info = None
+        if texts is not None:
+            texts = tuple(map(str, texts))
+            check(len(texts) == len(x), f"{name} texts", expected=f"one text per sample ({len(x)})", got=f"{len(texts)} texts",
+                  fix="Pass the texts of these samples, in their order.")  # fmt: skip
+            info = RowInfo(texts=texts).select(test_rows)
+        return cls(
+            name,
+            x[train_rows],
+            x[test_rows],
+            rows(y, train_rows),
+            rows(y, test_rows),
+            label_names=names,
+            test_rows=info,
+            columns=None if columns is None else tuple(map(str, columns)),
+        )
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -119,6 +165,8 @@ class Dataset:
             head(self.test_labels, test),
             config,
             self.label_names,
+            self.test_rows if self.test_rows is None or test is None else self.test_rows.select(slice(0, test)),
+            self.columns,
         )
 
 

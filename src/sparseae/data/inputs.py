@@ -53,13 +53,13 @@ def table_options(data: Mapping[str, Any] | None, path: str | Path) -> dict[str,
 
     Args:
         data: The ``data`` entry of the run's config.json (its ``columns``, ``drop_columns``,
-            ``label_column`` and CSV ``csv_delimiter``); None for a model without one.
+            ``label_column``, ``text_column`` and CSV ``csv_delimiter``); None for a model without one.
         path: The CSV or Parquet file to read; other files need no options.
     """
     suffix = Path(path).suffix.lower()
     if suffix not in TABLE_SUFFIXES or not isinstance(data, Mapping):
         return {}
-    names = ("columns", "drop_columns", "label_column") + (("csv_delimiter",) if suffix == ".csv" else ())
+    names = ("columns", "drop_columns", "label_column", "text_column") + (("csv_delimiter",) if suffix == ".csv" else ())
     return {name: data[name] for name in names if data.get(name) is not None}
 
 

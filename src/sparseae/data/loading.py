@@ -15,9 +15,12 @@ from sparseae.data.config import DataConfig
 from sparseae.data.dataset import Dataset, check_finite_rows
 from sparseae.data.download import DATASETS, load_named
 from sparseae.data.mnist import load_mnist
+from sparseae.data.rows import RowInfo
 from sparseae.data.shards import ShardReader, is_shard_dir
+from sparseae.data.sidecar import find_texts, read_row_texts
 from sparseae.data.split import holdout_rows
 from sparseae.data.stream import RowReader, RowStream, Stream
+from sparseae.data.tokens import read_tokens
 from sparseae.errors import SparseAEError
 
 NAMED_SOURCES = ("mnist", *sorted(set(DATASETS) - {"mnist"}), "patches", "lm")
@@ -29,22 +32,38 @@ def is_named_source(source: str) -> bool:
 
 
 def load_data(config: DataConfig) -> Dataset:
-    """The data set ``config`` describes (see `DataConfig` for every kind of source)."""
-    data = _load(config.source, config)
+    """The data set ``config`` describes (see `DataConfig` for every kind of source).
+
+    What each test row is comes along where the source says (``Dataset.test_rows``): texts from a
+    text column or a texts file, tokens from a cache of language-model activations. ``--texts``
+    belongs to the source; a test source finds its own texts file beside it.
+    """
+    data, _ = _load(config.source, config, config.texts)
     if config.test_source is not None:
-        test = _load(config.test_source, config)
+        test, every = _load(config.test_source, config, None)
         train_x, train_y = _whole(data)
         test_x, test_y = _whole(test)
-        data = Dataset(data.name, train_x, test_x, train_y, test_y, None, data.label_names)
+        test_y = _same_classes(data, test, test_y)
+        data = Dataset(data.name, train_x, test_x, train_y, test_y, None, data.label_names, every, data.columns)
+    if config.texts is not None and Path(config.texts).exists():  # found again from any directory
+        config = replace(config, texts=str(Path(config.texts).resolve()))
     data = replace(data, config=config)
     return data.subset(config.train_limit, config.test_limit)
 
 
-def _load(source: str, config: DataConfig) -> Dataset:
+def _load(source: str, config: DataConfig, texts: str | None) -> tuple[Dataset, RowInfo | None]:
+    """The data set in ``source``, and what each of its rows is in the order `_whole` puts them (None if unknown)."""
+    if texts is not None and (is_named_source(source) or source.startswith("patches:")):
+        raise SparseAEError(
+            f"--texts {texts}",
+            expected="an array file or a shard cache, whose rows the texts describe",
+            got=f"--data {source}",
+            fix="Leave --texts out for this source.",
+        )
     if source == "mnist":
-        return load_mnist()
+        return load_mnist(), None
     if source in DATASETS:
-        return load_named(source)
+        return load_named(source), None
     if source == "patches" or source.startswith("patches:"):
         from sparseae.data.patches import load_patches
 
@@ -52,20 +71,25 @@ def _load(source: str, config: DataConfig) -> Dataset:
         mode = "gray" if config.image_mode == "auto" else config.image_mode
         return load_patches(
             images, patch_size=config.patch_size, n_patches=config.n_patches, mode=mode, test_fraction=config.test_fraction
-        )
+        ), None  # fmt: skip
     if source == "lm":
-        return _load_lm(config)
+        return _load_lm(config), None
     path = Path(source)
     if path.is_dir():
         if is_shard_dir(path):
             reader = ShardReader(path)
-            return _from_arrays(path, Arrays(reader), config)
+            tokens = read_tokens(path, len(reader))
+            arrays = Arrays(reader, rows=None if tokens is None else RowInfo(tokens=tokens))
+            return _from_arrays(path, _with_texts(path, arrays, texts, find=False), config)
+        if texts is not None:
+            raise SparseAEError(f"--texts {texts}", expected="an array file or a shard cache, whose rows the texts describe",
+                                got=f"--data {source} (a folder of images)", fix="Leave --texts out.")  # fmt: skip
         if any(path.glob("train-images-idx3-ubyte*")):
-            return load_mnist(path)
+            return load_mnist(path), None
         from sparseae.data.images import load_image_folder
 
         mode = config.image_mode
-        return load_image_folder(path, size=config.image_size, mode=mode, test_fraction=config.test_fraction)
+        return load_image_folder(path, size=config.image_size, mode=mode, test_fraction=config.test_fraction), None
     if path.is_file() or path.suffix.lower() in ARRAY_SUFFIXES:
         arrays = read_arrays(
             path,
@@ -74,8 +98,9 @@ def _load(source: str, config: DataConfig) -> Dataset:
             columns=config.columns,
             drop_columns=config.drop_columns,
             csv_delimiter=config.csv_delimiter,
+            text_column=config.text_column,
         )
-        return _from_arrays(path, arrays, config)
+        return _from_arrays(path, _with_texts(path, arrays, texts, find=config.text_column is None), config)
     raise SparseAEError(
         "--data",
         expected=f"one of {', '.join(NAMED_SOURCES)}, an array file ({' '.join(ARRAY_SUFFIXES)}) or a directory "
@@ -105,34 +130,55 @@ def _load_lm(config: DataConfig) -> Dataset:
     test = first.head(n_test)
     train = ActivationStream(config.lm, skip=len(test), lm=first._model())
     name = f"{Path(config.lm.model).name}:{config.lm.module}"
-    return Dataset(name, train, test)
+    return Dataset(name, train, test, test_rows=RowInfo(tokens=first.head_tokens(len(test))))
 
 
-def _from_arrays(path: Path, arrays: Arrays, config: DataConfig) -> Dataset:
-    """A data set from a file's arrays: its own test split, or ``test_fraction`` held out."""
-    name = path.name
+def _with_texts(path: Path, arrays: Arrays, texts: str | None, *, find: bool) -> Arrays:
+    """``arrays`` with the texts of its rows from the file ``texts``, or (``find``) from a texts file beside ``path``."""
+    file = Path(texts) if texts is not None else find_texts(path) if find else None
+    if file is None:
+        return arrays
+    found = read_row_texts(file, len(arrays), str(path))
+    tokens = None if arrays.rows is None else arrays.rows.tokens
+    arrays.rows = RowInfo(texts=found, tokens=tokens)
+    return arrays
+
+
+def _from_arrays(path: Path, arrays: Arrays, config: DataConfig) -> tuple[Dataset, RowInfo | None]:
+    """A data set from a file's arrays: its own test split, or ``test_fraction`` held out; and what each row is,
+    in the order `_whole` puts the rows."""
+    name, info, columns = path.name, arrays.rows, arrays.columns
     if arrays.test is not None:
-        return Dataset(
+        test_info = None if info is None else info.select(slice(len(arrays.x), None))
+        data = Dataset(
             name,
             check_finite_rows(arrays.x.float(), str(path)),
             check_finite_rows(arrays.test.float(), str(path), "test "),
             _labels(path, arrays.labels),
             _labels(path, arrays.test_labels),
+            label_names=arrays.label_names,
+            test_rows=test_info,
+            columns=columns,
         )
+        return data, info
     x, labels = arrays.x, _labels(path, arrays.labels)
     n = len(x)
     train_rows, test_rows = holdout_rows(n, config.test_fraction, str(path))
-    if isinstance(x, RowReader) and _stream(x, config):
+    test_info = None if info is None else info.select(test_rows)
+    streamed = isinstance(x, RowReader) and _stream(x, config)
+    if streamed:
         train = RowStream(x, train_rows, buffer_rows=config.shuffle_buffer)
         test = RowStream(x, test_rows, buffer_rows=config.shuffle_buffer)
-        return Dataset(name, train, test, _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names)
-    if isinstance(x, RowReader):  # each split read straight into its own tensor, checked finite on the way
+    elif isinstance(x, RowReader):  # each split read straight into its own tensor, checked finite on the way
         train, test = RowStream(x, train_rows)[:], RowStream(x, test_rows)[:]
-        return Dataset(name, train, test, _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names)
-    x = check_finite_rows(x.float(), str(path))
-    return Dataset(
-        name, x[train_rows], x[test_rows], _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names
-    )
+    else:
+        x = check_finite_rows(x.float(), str(path))
+        train, test = x[train_rows], x[test_rows]
+    data = Dataset(name, train, test, _rows(labels, train_rows), _rows(labels, test_rows), label_names=arrays.label_names,
+                   test_rows=test_info, columns=columns)  # fmt: skip
+    # _whole puts a streamed file's rows back in file order, and concatenates the two tensors otherwise
+    every = info if info is None or streamed else info.select(torch.cat([train_rows, test_rows]))
+    return data, every
 
 
 def _stream(reader: RowReader, config: DataConfig) -> bool:
@@ -162,6 +208,30 @@ def _labels(path: Path, labels: Tensor | None) -> Tensor | None:
             fix="Encode the classes as 0, 1, 2, ...",
         )
     return labels.long()
+
+
+def _same_classes(train: Dataset, test: Dataset, labels: Tensor | None) -> Tensor | None:
+    """The test source's ``labels`` numbered as the source's classes, where both name their classes by words."""
+    if labels is None or train.train_labels is None or train.label_names == test.label_names:
+        return labels
+    if train.label_names is None or test.label_names is None:
+        named, numbered = ("--data", "--test-source") if test.label_names is None else ("--test-source", "--data")
+        raise SparseAEError(
+            "--test-source labels",
+            expected="classes of the same kind as the training data's",
+            got=f"classes named by words in {named} and numbers in {numbered}",
+            fix="Label both files the same way.",
+        )
+    number = {name: i for i, name in enumerate(train.label_names)}
+    unknown = [name for name in test.label_names if name not in number]
+    if unknown:
+        raise SparseAEError(
+            "--test-source labels",
+            expected=f"classes of the training data ({', '.join(train.label_names)})",
+            got=f"class(es) {', '.join(map(repr, unknown[:5]))} that the training data lacks",
+            fix="Train on data holding every class, or leave those rows out of the test file.",
+        )
+    return torch.tensor([number[name] for name in test.label_names])[labels]
 
 
 def _whole(data: Dataset) -> tuple[Tensor | Stream, Tensor | None]:

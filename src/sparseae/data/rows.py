@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from sparseae.errors import SparseAEError
+
 
 @dataclass(frozen=True)
 class Documents:
@@ -33,11 +35,16 @@ class Documents:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def lengths(self) -> Tensor:
+        """The number of tokens of each document, ``(D,)``."""
+        return self.offsets[1:] - self.offsets[:-1]
+
     def tokens(self, doc: int) -> Tensor:
         """The token ids of document ``doc``, ``(length,)``."""
         return self.token_ids[self.offsets[doc] : self.offsets[doc + 1]]
 
     def text(self, token_id: int) -> str:
+        """How ``token_id`` is shown: its own text (a leading space kept), or ``<id>`` when not in ``vocab``."""
         return self.vocab.get(int(token_id), f"<{int(token_id)}>")
 
     def context(self, doc: int, position: int, before: int = 16, after: int = 4) -> tuple[list[int], int]:
@@ -65,6 +72,7 @@ class TokenRows:
         return self.documents.token_ids[self.documents.offsets[self.doc_ids] + self.positions]
 
     def select(self, rows: Tensor | slice) -> TokenRows:
+        """The rows ``rows`` (a slice, or a tensor of row indices), of the same documents."""
         return TokenRows(self.doc_ids[rows], self.positions[rows], self.documents)
 
 
@@ -79,9 +87,20 @@ class RowInfo:
     extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Other per-row strings worth showing (e.g. an id column), by name."""
 
+    def __post_init__(self) -> None:
+        lengths = {name: len(v) for name, v in (("texts", self.texts), ("tokens", self.tokens)) if v is not None}
+        lengths.update({f"extra[{k!r}]": len(v) for k, v in self.extra.items()})
+        if len(set(lengths.values())) > 1:
+            raise SparseAEError(
+                "RowInfo",
+                expected="one entry per row in every field",
+                got=", ".join(f"{n} {name}" for name, n in lengths.items()),
+                fix="Give each field the rows of one split.",
+            )
+
     def select(self, rows: Tensor | slice) -> RowInfo:
         """The entries of ``rows`` (a slice, or a tensor of row indices)."""
-        index = torch.arange(len(self))[rows].tolist() if self.texts or self.extra else None
+        index = torch.arange(len(self))[rows].tolist() if self.texts is not None or self.extra else None
 
         def pick(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
             return None if values is None else tuple(values[i] for i in index)

@@ -19,7 +19,7 @@ from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from itertools import islice
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
@@ -51,14 +51,30 @@ def delimiter_char(name: str) -> str:
     return DELIMITER_NAMES.get(name.lower(), name)
 
 
+class Table(NamedTuple):
+    """What a CSV or Parquet file holds for training."""
+
+    x: np.ndarray
+    """The feature columns, float64 ``(N, D)``."""
+    labels: np.ndarray | None
+    """The label column's classes ``(N,)``, if one was named: its whole numbers, or the index of its words in ``label_names``."""
+    label_names: tuple[str, ...] | None
+    """The label column's words in sorted order, where its values are words."""
+    columns: tuple[str, ...] | None
+    """A name per feature (``D``), where the file names its columns (a list column ``emb`` gives ``emb[0]``, ...)."""
+    texts: tuple[str, ...] | None
+    """The text column's value in each row, if one was named."""
+
+
 def read_csv(
     path: Path,
     label_column: str | None = None,
     columns: str | None = None,
     drop_columns: str | None = None,
     delimiter: str | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The feature columns of a CSV file, float64 ``(N, D)``, and its label column if named."""
+    text_column: str | None = None,
+) -> Table:
+    """The feature columns of a CSV file, its label column and its text column where named."""
     encoding = _encoding(path)
     with _text(path, encoding) as f:
         sample = f.read(SNIFF_CHARS)
@@ -89,8 +105,8 @@ def read_csv(
     width = len(header) if header else len(body[0])
     names = header or [str(i) for i in range(width)]
     label_index = None if label_column is None else _column_index(path, header, label_column, width)
-    features = pick_columns(path, names, columns, drop_columns, label_index, numbered=header is None)
-    wanted = sorted({*features, *([] if label_index is None else [label_index])})
+    text_index = None if text_column is None else _column_index(path, header, text_column, width, "--text-column")
+    features = pick_columns(path, names, columns, drop_columns, label_index, numbered=header is None, text=text_index)
     values = np.empty((len(body), width), dtype=np.float64)
     first = 2 if header else 1
     for line, row in enumerate(body, start=first):
@@ -101,27 +117,54 @@ def read_csv(
                 got=f"{len(row)} values",
                 fix="Every row needs the same number of columns.",
             )
-        for column in wanted:
+        for column in features:
             try:
                 values[line - first, column] = float(row[column])
             except ValueError:
-                raise _not_a_number(path, line, header, column, row[column], label_index, delimiter, sure) from None
-    labels = None
+                raise _not_a_number(path, line, header, column, row[column], delimiter, sure) from None
+    labels = label_names = None
     if label_index is not None:
-        labels = values[:, label_index]
+        labels, label_names = _csv_labels(path, [row[label_index] for row in body], header, label_index, first)
+    x = values[:, features]
+    if columns is None:
+        warn_row_numbers(path, names, features, list(x.T), numbered=header is None)
+    log_columns(path, names, features, label_index, width, x.shape[1], text_index)
+    texts = None if text_index is None else tuple(row[text_index] for row in body)
+    return Table(x, labels, label_names, tuple(names[i] for i in features) if header else None, texts)
+
+
+def _csv_labels(
+    path: Path, cells: list[str], header: list[str] | None, column: int, first: int
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """A CSV label column's classes: its whole numbers (names None), or, where any cell is not a number, its words."""
+    where = f"{path}, line {{}}, column {_column_name(header, column)}"
+    if all(_is_number(c) for c in cells):
+        labels = np.array([float(c) for c in cells])
         bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
         if len(bad):
             raise SparseAEError(
-                f"{path}, line {int(bad[0]) + first}, column {_column_name(header, label_index)}",
+                where.format(int(bad[0]) + first),
                 expected="a whole-number class label",
-                got=repr(body[int(bad[0])][label_index]),
-                fix="Encode the classes as 0, 1, 2, ...",
+                got=repr(cells[int(bad[0])]),
+                fix="Encode the classes as 0, 1, 2, ... (or as words, such as cat and dog).",
             )
-    x = values[:, features]
-    if columns is None:
-        _warn_row_numbers(path, names, features, list(x.T), numbered=header is None)
-    _log_columns(path, names, features, label_index, width, x.shape[1])
-    return x, labels
+        return labels, None
+    words = [c.strip() for c in cells]
+    if "" in words:
+        raise SparseAEError(
+            where.format(words.index("") + first),
+            expected="a class label in every row",
+            got="an empty cell",
+            fix="Fill in the label, or drop the row.",
+        )
+    return class_numbers(words)
+
+
+def class_numbers(words: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Classes named by words as numbers ``0..C-1`` in the words' sorted order, and the sorted words."""
+    names = tuple(sorted(set(words)))
+    number = {name: i for i, name in enumerate(names)}
+    return np.array([number[w] for w in words], dtype=np.float64), names
 
 
 Encoding = tuple[int, str, str]
@@ -247,13 +290,14 @@ def pick_columns(
     *,
     numbered: bool = False,
     skip: tuple[int, ...] = (),
+    text: int | None = None,
 ) -> list[int]:
     """The feature columns of a table with columns ``names``, in file order: ``columns`` (all when unset,
-    but ``skip``) less ``drop_columns`` and the label column."""
+    but ``skip``) less ``drop_columns``, the label column and the ``text`` column."""
     chosen = _resolve(path, "--columns", columns, names, numbered) if columns is not None else None
     dropped = set(_resolve(path, "--drop-columns", drop_columns, names, numbered)) if drop_columns is not None else set()
     keep = [i for i in range(len(names)) if (i in chosen if chosen is not None else i not in skip)]
-    features = [i for i in keep if i not in dropped and i != label]
+    features = [i for i in keep if i not in dropped and i not in (label, text)]
     if not features:
         given = [f"{flag} {value!r}" for flag, value in (("--columns", columns), ("--drop-columns", drop_columns)) if value]
         raise SparseAEError(
@@ -261,6 +305,7 @@ def pick_columns(
             expected="at least one feature column",
             got="none left"
             + (f" besides the label column {names[label]!r}" if label is not None else "")
+            + (f" besides the text column {names[text]!r}" if text is not None else "")
             + (f" after {' and '.join(given)}" if given else ""),
             fix="Check --columns and --drop-columns.",
         )
@@ -324,17 +369,20 @@ def summary(names: list[str], most: int = 6) -> str:
     return ", ".join(names[: most - 2]) + f", ... ({len(names) - most + 1} more), " + names[-1]
 
 
-def _log_columns(path: Path, names: list[str], features: list[int], label: int | None, width: int, values: int) -> None:
+def log_columns(
+    path: Path, names: list[str], features: list[int], label: int | None, width: int, values: int, text: int | None = None
+) -> None:
     used = [names[i] for i in features]
-    left = [names[i] for i in range(width) if i not in set(features) and i != label]
+    left = [names[i] for i in range(width) if i not in set(features) and i not in (label, text)]
     log.info(
-        "%s: training on %d column%s: %s%s%s%s",
+        "%s: training on %d column%s: %s%s%s%s%s",
         path.name,
         len(used),
         "" if len(used) == 1 else "s",
         summary(used),
         f" ({values} values per row)" if values != len(used) else "",
         f"; label column: {names[label]}" if label is not None else "",
+        f"; text column: {names[text]}" if text is not None else "",
         f"; left out: {summary(left)}" if left else "",
     )
 
@@ -342,7 +390,7 @@ def _log_columns(path: Path, names: list[str], features: list[int], label: int |
 _ROW_NUMBER_NAMES = re.compile(r"(?i)id|index|idx|row|unnamed: \d+|__index_level_\d+__")
 
 
-def _warn_row_numbers(path: Path, names: list[str], features: list[int], values: list[np.ndarray | None], numbered: bool) -> None:
+def warn_row_numbers(path: Path, names: list[str], features: list[int], values: list[np.ndarray | None], numbered: bool) -> None:
     """Warn about feature columns that look like row numbers: by name, or by holding 0..n-1 or 1..n.
 
     ``values``: each feature column's values, ``None`` for a column of vectors.
@@ -364,13 +412,9 @@ def _warn_row_numbers(path: Path, names: list[str], features: list[int], values:
 
 
 def _not_a_number(
-    path: Path, line: int, header: list[str] | None, column: int, text: str, label: int | None, delimiter: str, sure: bool
+    path: Path, line: int, header: list[str] | None, column: int, text: str, delimiter: str, sure: bool
 ) -> SparseAEError:
     where = f"{path}, line {line}, column {_column_name(header, column)}"
-    if column == label:
-        return SparseAEError(
-            where, expected="a whole-number class label", got=repr(text), fix="Encode the classes as 0, 1, 2, ..."
-        )
     if not sure and column == 0 and len(header or [text]) == 1:
         return SparseAEError(
             f"{path}, line {line}",
@@ -397,7 +441,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _column_index(path: Path, header: list[str] | None, name: str, width: int) -> int:
+def _column_index(path: Path, header: list[str] | None, name: str, width: int, flag: str = "--label-column") -> int:
     if header is not None and name in header:
         return header.index(name)
     try:
@@ -407,7 +451,7 @@ def _column_index(path: Path, header: list[str] | None, name: str, width: int) -
     if number is not None and -width <= number < width:
         return number % width
     raise SparseAEError(
-        f"{path} --label-column",
+        f"{path} {flag}",
         expected=f"a column name ({', '.join(header)})" if header else f"a column number below {width}",
         got=repr(name),
         fix="Name a column the file has.",
@@ -416,108 +460,3 @@ def _column_index(path: Path, header: list[str] | None, name: str, width: int) -
 
 def _column_name(header: list[str] | None, column: int) -> str:
     return repr(header[column]) if header else str(column)
-
-
-def read_parquet(
-    path: Path, label_column: str | None = None, columns: str | None = None, drop_columns: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The feature columns of a Parquet file, float64 ``(N, D)`` (a list column gives a vector per row),
-    and its label column if named. The index pandas saved (``__index_level_0__``) is left out unless named."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise SparseAEError(
-            str(path), expected="pyarrow to read Parquet", got="no pyarrow", fix="pip install 'sparseae[parquet]' (or pyarrow)."
-        ) from None
-    import pyarrow as pa
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SparseAEError(
-            str(path), expected="a Parquet file", got=f"unreadable ({e})", fix="Write it with pyarrow or pandas."
-        ) from None
-    names = [str(name) for name in table.column_names]
-    if label_column is not None and label_column not in names:
-        raise SparseAEError(
-            f"{path} --label-column",
-            expected=f"a column name ({', '.join(names)})",
-            got=repr(label_column),
-            fix="Name a column the file has.",
-        )
-    label = None if label_column is None else names.index(label_column)
-    pandas_index = [c for c in (table.schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
-    features = pick_columns(
-        path, names, columns, drop_columns, label, skip=tuple(names.index(c) for c in pandas_index if c in names)
-    )
-    parts, scalars, bad = [], [], {}
-    for i in features:
-        part = _parquet_column(path, names[i], table.column(i))
-        if part is None:
-            bad[names[i]] = f"{names[i]} ({table.column(i).type})"
-            continue
-        parts.append(part)
-        scalars.append(part[:, 0] if part.shape[1] == 1 and not _is_list(table.column(i).type) else None)
-    if bad:
-        raise SparseAEError(
-            str(path),
-            expected="numeric columns (or list columns of numbers)",
-            got=f"non-numeric column(s) {', '.join(bad.values())}",
-            fix=f"Drop them, or name the label column with --label-column. --drop-columns {','.join(bad)} leaves them out.",
-        )
-    if table.num_rows == 0:
-        raise SparseAEError(str(path), expected="rows of numbers", got="no numeric data", fix="Check the file.")
-    x = np.concatenate(parts, axis=1)
-    labels = None
-    if label is not None:
-        raw = table.column(label)
-        if not (pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type)) or raw.null_count:
-            raise SparseAEError(
-                f"{path} column {label_column!r}",
-                expected="whole-number class labels in every row",
-                got=f"type {raw.type}" + (f", {raw.null_count} missing" if raw.null_count else ""),
-                fix="Encode the classes as 0, 1, 2, ...",
-            )
-        labels = raw.to_numpy().astype(np.float64)
-    if columns is None:
-        _warn_row_numbers(path, names, features, scalars, numbered=False)
-    _log_columns(path, names, features, label, len(names), x.shape[1])
-    return x, labels
-
-
-def _is_list(kind) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
-
-
-def _parquet_column(path: Path, name: str, column) -> np.ndarray | None:
-    """A Parquet column as float64 ``(N, width)``: a number or a vector per row; ``None`` if not numeric."""
-    import pyarrow as pa
-
-    kind = column.type
-    if _is_list(kind):  # an embedding per row, stored as a list column
-        rows = column.to_pylist()
-        lengths = {len(r) if r is not None else -1 for r in rows}
-        if len(lengths) != 1 or -1 in lengths:
-            raise SparseAEError(
-                f"{path} column {name!r}",
-                expected="lists of one length (an embedding per row)",
-                got=f"lengths {sorted(lengths)[:5]}" + (" and missing rows" if -1 in lengths else ""),
-                fix="Every row needs a vector of the same size.",
-            )
-        try:
-            values = np.asarray(rows, dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
-        return values if values.ndim == 2 else None  # lists of lists are not one vector per row
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        if column.null_count:
-            raise SparseAEError(
-                f"{path} column {name!r}",
-                expected="a value in every row",
-                got=f"{column.null_count} missing value(s)",
-                fix="Fill or drop the rows with missing values.",
-            )
-        return column.to_numpy().astype(np.float64)[:, None]
-    return None
