@@ -142,6 +142,12 @@ def _npy(tmp: Path, name: str, array: np.ndarray) -> str:
     return str(path)
 
 
+def _npy_with_texts(tmp: Path, rows: int, lines: int) -> str:
+    """x.npy of ``rows`` rows, and x.txt beside it with ``lines`` texts."""
+    _text(tmp, "x.txt", "a text\n" * lines)
+    return _npy(tmp, "x.npy", _floats(rows, 8))
+
+
 def _with_nan(array: np.ndarray, row: int) -> np.ndarray:
     array[row, 0] = np.nan
     return array
@@ -869,6 +875,12 @@ CASES: list[Case] = [
             ("train --data rows.csv --label-column c", "a label `0.5`"),
             "rows.csv, line 2, column 'c': expected a whole-number class label, got '0.5'.",
             lambda tmp, env: _train_on(_text(tmp, "rows.csv", "a,b,c\n1,2,0.5\n4,5,1\n"), "--label-column", "c"),
+        ),
+        Case(
+            "texts-wrong-length", "A texts file with fewer lines than rows",
+            ("train --data x.npy", "x.txt beside it has 39 lines for 40 rows"),
+            "x.txt: expected one text per row of …x.npy (40 rows), got 39 lines. Write one text per row, in the rows' order",
+            lambda tmp, env: _train_on(_npy_with_texts(tmp, 40, 39)),
         ),
         Case(
             "npy-nan", "NaN or infinity in the data", ("train --data x.npy", "a NaN in row 3"),
