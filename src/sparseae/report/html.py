@@ -1,10 +1,12 @@
 """``report.html`` for one run (with a feature browser) and ``compare.html`` for several.
 
-Each page is one self-contained file: pictures are inline data URIs or SVG,
-the data for the browser is inline JSON, and the script is inline. It opens
-from disk with no server and no network. (Built from f-strings with `html.escape` today;
-the per-feature report of issue 14 moves it to Jinja2 templates with autoescaping.) Text from data and configs is
-escaped, and the browser script writes it with ``textContent`` only.
+Pages are Jinja2 templates (``report/templates/``) with autoescaping. A report is a
+folder that opens from disk with no server and no network: ``report.html`` holds the
+metrics, curves and pictures inline and the feature index as inline JSON; each feature's
+examples are in ``report_files/features-NNNN.js`` beside it, loaded when the feature is
+opened (see `sparseae.report.browser`). Text from data and configs is escaped, JSON in
+scripts has ``<``, ``>`` and ``&`` escaped, and the browser script writes text with
+``textContent`` only.
 """
 
 from __future__ import annotations
@@ -12,76 +14,47 @@ from __future__ import annotations
 import base64
 import json
 import math
-from html import escape
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparseae import rundir
 from sparseae.data import Dataset
+from sparseae.data.rows import RowInfo
+from sparseae.errors import SparseAEError
 from sparseae.io import atomic_write, load
-from sparseae.models import Autoencoder
-from sparseae.pictures.features import feature_tiles, image_shape
+from sparseae.pictures.features import image_shape
 from sparseae.pictures.images import encode_png, image_grid
+from sparseae.report import browser, meaning
 from sparseae.report.charts import Series, chart
+from sparseae.report.scan import scan
 
 REPORT_FILE, COMPARE_FILE = "report.html", "compare.html"
-TOP_INPUTS = 12
-HIST_BINS = 20
+TOP_INPUTS = 20
+"""Top examples per feature (and at most this many per quantile band in all)."""
 
 
-def _png_uri(images: Tensor, scale: int = 2) -> str:
-    """A PNG data URI of one image ``(C, H, W)`` with values in [0, 1]."""
-    return "data:image/png;base64," + base64.b64encode(encode_png(image_grid([images[None]], pad=0, scale=scale))).decode()
+@cache
+def _templates() -> Any:
+    import jinja2  # lazily: only writing a page needs it
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("sparseae.report", "templates"), autoescape=True)
 
 
-def browser_data(
-    model: Autoencoder, data: Dataset, codes: Tensor, max_latents: int = 512, progress: bool = False
-) -> dict[str, Any]:
-    """Everything the feature browser shows, from the test split and its ``codes`` ``(N, n_latents)``."""
-    x = data.test
-    freq = (codes != 0).double().mean(0)
-    mean = codes.double().mean(0)
-    shape = image_shape(tuple(x.shape[1:]))
-    tiles = feature_tiles(model) if shape else None
-    order = torch.argsort(freq, descending=True)[:max_latents]
-    top_values, top_index = codes.topk(min(TOP_INPUTS, len(codes)), dim=0)  # (TOP, n_latents)
-    names = data.label_names
-    inputs: dict[int, dict[str, Any]] = {}
-    latents = []
-    for j in tqdm(order.tolist(), desc="feature browser", disable=not progress, leave=False):
-        active = codes[:, j][codes[:, j] != 0]
-        if len(active):
-            counts = torch.histc(active.float(), bins=HIST_BINS, min=float(active.min()), max=float(active.max()))
-            hist = {"lo": float(active.min()), "hi": float(active.max()), "counts": counts.int().tolist()}
-        else:
-            hist = {"lo": 0.0, "hi": 0.0, "counts": []}
-        top = []
-        for value, i in zip(top_values[:, j].tolist(), top_index[:, j].tolist(), strict=True):
-            if value == 0:
-                break
-            top.append({"input": i, "value": value})
-            if i not in inputs:
-                label = None if data.test_labels is None else int(data.test_labels[i])
-                entry: dict[str, Any] = {"label": None if label is None else (names[label] if names else str(label))}
-                if shape:
-                    entry["img"] = _png_uri(x[i].reshape(shape).clamp(0, 1))
-                else:
-                    entry["values"] = [round(v, 4) for v in x[i].flatten()[:8].tolist()]
-                inputs[i] = entry
-        latents.append({
-            "id": j, "freq": float(freq[j]), "mean": float(mean[j]), "hist": hist, "top": top,
-            "img": _png_uri(tiles[j]) if tiles is not None else None,
-        })  # fmt: skip
-    return {"latents": latents, "inputs": {str(k): v for k, v in inputs.items()}, "n_latents": model.n_latents, "n": len(x)}
+def _asset(name: str) -> Any:
+    import markupsafe
+
+    return markupsafe.Markup((resources.files("sparseae.report") / "templates" / name).read_text(encoding="utf-8"))
 
 
-def _table(rows: list[tuple[str, Any]]) -> str:
-    cells = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(_value(v))}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
+def _render(template: str, **context: Any) -> bytes:
+    import markupsafe
+
+    safe = {k: markupsafe.Markup(v) for k, v in context.pop("trusted", {}).items()}
+    return _templates().get_template(template).render(css=_asset("report.css"), **safe, **context).encode()
 
 
 def _value(v: Any) -> str:
@@ -102,15 +75,27 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _curves(metrics: list[dict[str, Any]]) -> str:
+def curves(metrics: list[dict[str, Any]], steps: list[dict[str, Any]]) -> tuple[str, str]:
+    """The Loss and Sparsity charts (SVG) and a note of where they come from: per-step records where the run
+    wrote them (``metrics-steps.jsonl``, so a one-epoch run has curves), else one point per epoch."""
+    steps = [r for r in steps if r.get("train_loss") is not None]
+    if len(steps) >= 2:
+        x = [float(r["step"]) for r in steps]
+        loss = chart([Series("train loss", x, [r["train_loss"] for r in steps])], "Loss", "step", "value", log_y=True)
+        sparsity = chart([Series("train L0", x, [r["l0"] for r in steps]),
+                          Series("dead latents", x, [float(r["dead_latents"]) for r in steps])],
+                         "Sparsity", "step", "latents")  # fmt: skip
+        return loss + sparsity, f"Per step, from {rundir.STEP_METRICS_FILE} ({len(steps)} records)."
+    kind = "line" if len(metrics) > 1 else "points"
     epochs = [float(r["epoch"]) for r in metrics]
-    loss = chart([Series("train loss", epochs, [r["train_loss"] for r in metrics]),
-                  Series("test MSE", epochs, [r["test_mse"] for r in metrics])],
+    loss = chart([Series("train loss", epochs, [r["train_loss"] for r in metrics], kind=kind),
+                  Series("test MSE", epochs, [r["test_mse"] for r in metrics], kind=kind)],
                  "Loss", "epoch", "value", log_y=True)  # fmt: skip
-    sparsity = chart([Series("test L0", epochs, [r["test_l0"] for r in metrics]),
-                      Series("dead units", epochs, [float(r["test_dead_units"]) for r in metrics])],
+    sparsity = chart([Series("test L0", epochs, [r["test_l0"] for r in metrics], kind=kind),
+                      Series("dead units", epochs, [float(r["test_dead_units"]) for r in metrics], kind=kind)],
                      "Sparsity", "epoch", "units")  # fmt: skip
-    return loss + sparsity
+    note = f"Per epoch, from {rundir.METRICS_FILE}; train with --metrics-every N for per-step curves."
+    return loss + sparsity, note
 
 
 def density_chart(freq: list[float], n: int) -> str:
@@ -130,111 +115,81 @@ def density_chart(freq: list[float], n: int) -> str:
     )
 
 
-_STYLE = """body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
-th{background:#f4f4f4}img.pix{image-rendering:pixelated}h2{margin-top:28px}
-#grid img{margin:1px;cursor:pointer;border:2px solid transparent}#grid img.sel{border-color:#d62728}
-#detail{display:flex;gap:24px;flex-wrap:wrap;margin-top:12px}.top{display:inline-block;text-align:center;margin:3px;font-size:11px}
-.bar{display:inline-block;width:12px;background:#1f77b4;margin-right:1px;vertical-align:bottom}"""
-
-_SCRIPT = """
-const D = JSON.parse(document.getElementById('browser-data').textContent);
-const grid = document.getElementById('grid'), pick = document.getElementById('latent'), sort = document.getElementById('sort');
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
-function drawGrid() {
-  const key = sort.value, items = D.latents.slice().sort((a, b) => b[key] - a[key]);
-  grid.replaceChildren();
-  for (const l of items) {
-    const node = l.img ? el('img') : el('button', String(l.id));
-    if (l.img) { node.src = l.img; node.className = 'pix'; node.width = 42; node.title = 'latent ' + l.id; }
-    node.dataset.id = l.id; node.addEventListener('click', () => show(l.id)); grid.appendChild(node);
-  }
-}
-function show(id) {
-  const l = D.latents.find(x => x.id === Number(id));
-  const info = document.getElementById('info'); info.replaceChildren();
-  if (!l) { info.appendChild(el('p', 'Latent ' + id + ' is not in this report (dead or beyond the shown ones).')); return; }
-  pick.value = l.id;
-  for (const n of grid.children) n.classList.toggle('sel', Number(n.dataset.id) === l.id);
-  info.appendChild(el('h3', 'Latent ' + l.id));
-  if (l.img) { const im = el('img'); im.src = l.img; im.width = 112; im.className = 'pix'; info.appendChild(im); }
-  info.appendChild(el('p', 'activation frequency ' + l.freq.toFixed(4) + ' · mean activation ' + l.mean.toPrecision(4)));
-  const hist = el('div'); hist.style.height = '60px'; const peak = Math.max(1, ...l.hist.counts);
-  for (const c of l.hist.counts) {
-    const b = el('span', undefined, 'bar'); b.style.height = (60 * c / peak) + 'px'; hist.appendChild(b);
-  }
-  info.appendChild(el('p', 'activations when active: ' + l.hist.lo.toPrecision(3) + ' to ' + l.hist.hi.toPrecision(3)));
-  info.appendChild(hist);
-  const tops = document.getElementById('tops'); tops.replaceChildren(el('h3', 'Inputs that activate it most'));
-  for (const t of l.top) {
-    const inp = D.inputs[String(t.input)], box = el('div', undefined, 'top');
-    if (inp.img) { const im = el('img'); im.src = inp.img; im.width = 56; im.className = 'pix'; box.appendChild(im); }
-    else box.appendChild(el('div', inp.values.join(', ')));
-    box.appendChild(el('div', '#' + t.input + ' · ' + t.value.toPrecision(3)));
-    if (inp.label !== null) box.appendChild(el('div', 'label ' + inp.label));
-    tops.appendChild(box);
-  }
-}
-sort.addEventListener('change', drawGrid);
-pick.addEventListener('change', () => show(pick.value));
-drawGrid();
-if (D.latents.length) show(D.latents[0].id);
-"""
-
-
-def _page(title: str, body: str, data: dict[str, Any] | None = None) -> str:
-    script = ""
-    if data is not None:
-        blob = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        script = f'<script type="application/json" id="browser-data">{blob}</script>\n<script>{_SCRIPT}</script>'
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>\n{body}\n{script}\n</body></html>\n")  # fmt: skip
-
-
 def write_report(
     run_dir: str | Path,
     data: Dataset | None = None,
     out: str | Path | None = None,
-    max_latents: int = 512,
+    max_latents: int | None = None,
     progress: bool = False,
+    *,
+    rows: RowInfo | None = None,
+    columns: tuple[str, ...] | None = None,
+    top: int = TOP_INPUTS,
 ) -> Path:
-    """Write ``report.html`` for a run: config, metrics, curves, reconstructions, features, density, feature browser."""
+    """Write ``report.html`` (and its ``report_files/`` folder) for a run: config, metrics, curves, reconstructions,
+    density, and a browser of every feature with its top examples, examples from quantile bands and histogram.
+
+    Args:
+        run_dir: A run directory written by `sparseae.train`.
+        data: The data set; by default the one the run's ``config.json`` names. Its test split is used.
+        out: The page's path (default ``RUN/report.html``); the folder ``<stem>_files`` goes beside it.
+        max_latents: Keep only this many latents, the most often active; ``None`` keeps all.
+        progress: Show progress bars.
+        rows: What each held-out row is (texts, or tokens in documents); by default ``data.test_rows``.
+        columns: Names of the input's columns (tables); by default ``data.columns``.
+        top: Top examples per feature.
+    """
     run_dir = Path(run_dir)
     run = rundir.read_config(run_dir)
+    path = Path(out) if out else run_dir / REPORT_FILE
+    if not path.parent.is_dir():  # before the long scan, as the page's write would say after it
+        raise SparseAEError(
+            str(path),
+            expected="a path in an existing directory",
+            got=f"{path.parent} (no such directory)" if not path.parent.exists() else f"{path.parent} (a file)",
+            fix="Create the directory first, or choose another path.",
+        )
     model = load(run_dir)
     data = data or rundir.load_run_data(run_dir, run, fix="Pass the data: write_report(run, data=...).")
+    rows = rows if rows is not None else getattr(data, "test_rows", None)
+    columns = columns if columns is not None else getattr(data, "columns", None)
+    x = data.test
+    kind = meaning.row_kind(tuple(x.shape[1:]), rows, columns)
+    found = scan(model, x, top=top, progress=progress)
+    freq = (found.count.double() / max(found.n, 1)).tolist()
+    latents = sorted(range(model.n_latents), key=lambda j: -freq[j])[: max_latents or model.n_latents]
+    described = browser.Rows(x, kind, rows, columns, data.test_labels, data.label_names)
+    index = browser.build(model, described, found, path.with_name(path.stem + "_files"), sorted(latents), progress)
     metrics = rundir.read_metrics(run_dir)
-    codes = model.encode_all(data.test)
-    browser = browser_data(model, data, codes, max_latents, progress)
-    with torch.no_grad():
-        recon = model.reconstruct(data.test[:10])
-    shape = image_shape(tuple(data.test.shape[1:]))
-    parts = [f"<h1>sparseae run {escape(run_dir.name)}</h1>"]
-    if metrics:
-        last = metrics[-1]
-        parts.append("<h2>Metrics</h2>" + _table([(k, v) for k, v in last.items()]))
-        parts.append("<h2>Training curves</h2>" + _curves(metrics))
-    if shape:
-        pictures = image_grid([data.test[:10].reshape(-1, *shape), recon.reshape(-1, *shape)])
-        uri = "data:image/png;base64," + base64.b64encode(encode_png(pictures)).decode()
-        parts.append(f'<h2>Reconstructions</h2><p>Test inputs above their reconstructions.</p><img class="pix" src="{uri}">')
-    freq = [float(v) for v in (codes != 0).double().mean(0)]
-    parts.append("<h2>Latent density</h2>" + density_chart(freq, len(data.test)))
-    parts.append(
-        f"<h2>Features</h2><p>{len(browser['latents'])} of {model.n_latents} latents. Click one, or type its number.</p>"
-        '<label>latent <input id="latent" type="number" min="0"></label> '
-        '<label>sort by <select id="sort"><option value="freq">activation frequency</option>'
-        '<option value="mean">mean activation</option></select></label>'
-        '<div id="grid"></div><div id="detail"><div id="info"></div><div id="tops"></div></div>'
-    )
-    parts.append(f"<h2>Configuration</h2><p>{escape(str(run_dir / rundir.CONFIG_FILE))}</p>" + _table(_flatten(run)))
-    path = Path(out) if out else run_dir / REPORT_FILE
-    atomic_write(path, _page(f"sparseae report: {run_dir.name}", "\n".join(parts), browser).encode())
+    charts, note = curves(metrics, rundir.read_step_metrics(run_dir)) if metrics else ("", "")
+    shape = image_shape(tuple(x.shape[1:]))
+    pictures = None
+    if kind == "images" and shape:
+        sample = torch.as_tensor(x[:10])
+        with torch.no_grad():
+            recon = model.reconstruct(sample)
+        grid = image_grid([sample.reshape(-1, *shape), recon.reshape(-1, *shape)])
+        pictures = "data:image/png;base64," + base64.b64encode(encode_png(grid)).decode()
+    page = _render(
+        "report.html.j2",
+        title=f"sparseae report: {run_dir.name}",
+        run_name=run_dir.name,
+        metrics=[(k, _value(v)) for k, v in (metrics[-1].items() if metrics else ())],
+        curves_note=note,
+        reconstructions=pictures,
+        shown=len(latents),
+        n_latents=model.n_latents,
+        n=found.n,
+        kind=kind,
+        files=index["files"],
+        search_label="find word" if kind in ("texts", "tokens") else "find word (texts and tokens only)",
+        has_docs=bool(index["docs"]),
+        config_path=str(run_dir / rundir.CONFIG_FILE),
+        config=[(k, _value(v)) for k, v in _flatten(run)],
+        trusted={"curves": charts, "density": density_chart(freq, found.n), "index_json": browser.script_json(index),
+                 "script": _asset("report.js")},
+    )  # fmt: skip
+    atomic_write(path, page)
     return path
 
 
@@ -266,12 +221,9 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write ``compare.html``: the L0-FVU frontier (one colour per constraint) and a table of the runs' final metrics."""
     rows = comparison_rows(run_dirs)
     keys = ["run", "sparsity", "params", "test_l0", "test_fvu", "test_mse", "test_dead_units", "test_dense_units", "epoch"]
-    head = "".join(f"<th>{escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_value(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows)
-    page = _page(
-        "sparseae comparison",
-        f"<h1>Comparison of {len(rows)} runs</h1>{frontier_chart(rows)}<table><tr>{head}</tr>{body}</table>",
-    )
+    table = [{k: _value(r.get(k, "")) for k in keys} for r in rows]
+    frontier = {"frontier": frontier_chart(rows)}
+    page = _render("compare.html.j2", title="sparseae comparison", rows=table, keys=keys, trusted=frontier)
     path = Path(out)
-    atomic_write(path, page.encode())
+    atomic_write(path, page)
     return path
