@@ -291,3 +291,23 @@ def test_lm_source_keeps_the_tokens_of_its_test_rows(lm_dir, text_file, one_torc
     assert len(tokens) == len(data.test) == 25
     expected = [seqs[d][p] for d, seq in enumerate(seqs) for p in range(1, len(seq))][:25]
     assert tokens.token_ids().tolist() == expected
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def test_cli_flags_reach_the_run_and_eval_on_other_data_leaves_the_texts(tmp_path, monkeypatch, capsys):
+    from sparseae.cli import main
+    from sparseae.io import read_json
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("emb.npy", rng.normal(size=(300, 8)).astype(np.float32))
+    np.save("other.npy", rng.normal(size=(100, 8)).astype(np.float32))
+    Path("captions.txt").write_text("".join(f"caption {i}\n" for i in range(300)))
+    flags = ["--model", "dense", "--n-latents", "16", "--k", "4", "--aux-k", "0", "--epochs", "1", "--batch-size", "64"]
+    assert main(["train", *flags, "--data", "emb.npy", "--texts", "captions.txt", "--out", "run", "--quiet"]) == 0
+    data = read_json(tmp_path / "run" / "config.json")["data"]
+    assert data["texts"] == str(tmp_path / "captions.txt") and data["text_column"] is None
+    assert main(["eval", "run", "--data", "other.npy", "--quiet"]) == 0
+    assert "other.npy test" in capsys.readouterr().out

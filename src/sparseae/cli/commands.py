@@ -187,7 +187,8 @@ def _run_data(run_dir: Path, override: str | None) -> Dataset:
     run = read_config(run_dir)
     if override is not None:
         saved = from_dict(DataConfig, run["data"], f"{run_dir} data") if run["data"] else DataConfig()
-        return load_data(dataclasses.replace(saved, source=absolute_source(override), test_source=None))
+        # the run's texts file (--texts) belongs to its own data, not to this one
+        return load_data(dataclasses.replace(saved, source=absolute_source(override), test_source=None, texts=None))
     return load_run_data(run_dir, run, fix="Pass --data.")
 
 
