@@ -95,6 +95,7 @@ def test_texts_in_chromium(texts_run, browser):
     assert shown_texts == [texts[s["row"]] for s in shown]
     assert any(XSS in t for t in shown_texts) and browser.execute_script("return window.__xss") is None
     assert browser.find_elements("css selector", "#tops b") == []  # '<b>' shows as text, makes no element
+    chromium.screenshot(browser, "report-texts")
     # Quantile examples are real rows with their exact value.
     for ex in chromium.shown_examples(browser, "#bands"):
         assert math.isclose(ex["value"], float(codes[ex["row"], latent]), rel_tol=1e-6)
@@ -105,6 +106,9 @@ def test_texts_in_chromium(texts_run, browser):
     ids = browser.execute_script("return [...document.querySelectorAll('#features .feature')].map(e => Number(e.dataset.id))")
     assert latent in ids and len(ids) < codes.shape[1]
     box.clear()
+    box.send_keys("sentence")  # in every text: listed as too common rather than with every feature
+    assert "too many features" in browser.find_element("id", "page-info").text
+    box.clear()
     box.send_keys("zzznotaword")
     assert browser.execute_script("return document.querySelectorAll('#features .feature').length") == 0
     box.clear()
@@ -112,7 +116,6 @@ def test_texts_in_chromium(texts_run, browser):
     assert "Per step, from metrics-steps.jsonl" in browser.page_source
     assert len(browser.find_elements("css selector", "svg polyline")) >= 3
     assert chromium.severe(browser) == []
-    chromium.screenshot(browser, "report-texts")
 
 
 def test_sort_and_filter(texts_run, browser):

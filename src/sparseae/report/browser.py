@@ -32,6 +32,9 @@ TILES_INLINE = 1024
 """Up to this many latents, their pictures are inline in the index (the list shows them); beyond, only in each detail."""
 SEARCH_TOP = 10
 """The words of a feature's first this many top examples make it findable by the search."""
+COMMON_FRACTION, COMMON_MIN = 0.1, 20
+"""A word in the top examples of more than this fraction of the features (and more than COMMON_MIN of them) finds
+too many to help; it is listed as common instead of with its features, which keeps the index small."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,12 @@ def build(
     for j in latents:
         by_chunk.setdefault(j // CHUNK, []).append(j)
     needed: set[int] = set()
+    common = max(COMMON_MIN, int(COMMON_FRACTION * len(latents)))
     for c, members in tqdm(sorted(by_chunk.items()), desc="report files", disable=not progress, leave=False):
         features = {}
         for j in members:
             top, bands = examples[j]
-            detail: dict[str, Any] = {"id": j, "freq": freq[j], "mean": mean[j], "count": int(scan.count[j]),
+            detail: dict[str, Any] = {"id": j, "freq": _round(freq[j]), "mean": _round(mean[j]), "count": int(scan.count[j]),
                                       "hist": histogram(scan, j),
                                       "top": [_example(j, r, v, contexts) for r, v in top],
                                       "bands": [{"name": name, "examples": [_example(j, r, v, contexts) for r, v in picks]}
@@ -109,7 +113,8 @@ def build(
         "files": files.name,
         "features": {"id": latents, "freq": [_round(freq[j]) for j in latents], "mean": [_round(mean[j]) for j in latents],
                      "max": [_round(peak[j]) for j in latents]},
-        "search": {w: sorted(ids) for w, ids in sorted(search.items())},
+        "search": {w: sorted(ids) for w, ids in sorted(search.items()) if len(ids) <= common},
+        "common": sorted(w for w, ids in search.items() if len(ids) > common),
         "tiles": None, "docs": [], "token_features": {},
     }  # fmt: skip
     if "img" in extras and len(latents) <= TILES_INLINE:
@@ -155,7 +160,8 @@ def _contexts(model: Autoencoder, rows: Rows, examples: dict[int, tuple]) -> dic
 
 
 def _example(j: int, r: int, v: float, contexts: dict[tuple[int, int], dict[str, Any]]) -> dict[str, Any]:
-    return {"row": r, "value": v, **contexts.get((j, r), {})}
+    # 7 significant digits: a float32's value to within its own precision, in fewer characters than its float64 repr.
+    return {"row": r, "value": float(f"{v:.7g}"), **contexts.get((j, r), {})}
 
 
 def _words(j: int, top: list[tuple[int, float]], rows: Rows, contexts: dict) -> set[str]:

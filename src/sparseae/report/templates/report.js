@@ -60,7 +60,7 @@ function listed() {
   return rows;
 }
 function drawList() {
-  const rows = listed(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  const rows = listed(), pages = Math.max(1, Math.ceil(rows.length / PAGE)), word = $('search').value.trim().toLowerCase();
   page = Math.min(page, pages - 1);
   const box = $('features');
   box.replaceChildren();
@@ -75,7 +75,8 @@ function drawList() {
     if (id === current) node.classList.add('sel');
     box.appendChild(node);
   }
-  $('page-info').textContent = rows.length + ' features · page ' + (page + 1) + ' of ' + pages;
+  $('page-info').textContent = D.common.includes(word) ? '"' + word + '" is in the top examples of too many features to list'
+    : rows.length + ' features · page ' + (page + 1) + ' of ' + pages;
 }
 for (const id of ['sort', 'filter']) $(id).addEventListener('change', () => { page = 0; drawList(); });
 $('search').addEventListener('input', () => { page = 0; drawList(); });
