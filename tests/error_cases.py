@@ -1086,8 +1086,15 @@ CASES: list[Case] = [
         ),
         Case(
             "encode-output-suffix", "An output file that is not .npy", "encode RUN --output codes.csv",
-            "--output: expected a path ending in .npy, got …codes.csv. Name the file CODES.npy.",
+            "--output: expected a path ending in .npy (--format dense), got …codes.csv. "
+            "Name the file CODES.npy, or pass --format sparse for CODES.safetensors or CODES.npz.",
             lambda tmp, env: ["encode", str(env.run), "--output", str(tmp / "codes.csv")],
+        ),
+        Case(
+            "encode-sparse-npy", "Sparse codes to a .npy file", "encode RUN --format sparse --output codes.npy",
+            "--output: expected a path ending in .safetensors or .npz (--format sparse), got …codes.npy. "
+            "Name the file CODES.safetensors or CODES.npz, or pass --format dense for CODES.npy.",
+            lambda tmp, env: ["encode", str(env.run), "--format", "sparse", "--output", str(tmp / "codes.npy")],
         ),
         Case(
             "encode-output-dir-missing", "An output file in a directory that does not exist", "encode RUN --output no/c.npy",

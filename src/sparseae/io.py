@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import itertools
 import json
 import os
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
@@ -25,6 +27,9 @@ from sparseae.sparsity import build_sparsity
 
 FORMAT = 1
 """Version of the on-disk layout; bumped when it changes incompatibly."""
+
+CODE_SUFFIXES = (".safetensors", ".npz")
+"""The files `save_codes` writes and `load_codes` reads."""
 
 MODEL_FILE, CFG_FILE = "model.safetensors", "cfg.json"
 
@@ -318,3 +323,120 @@ def load_state(model: torch.nn.Module, state: dict[str, Tensor], what: str) -> N
             fix="The weights and cfg.json do not belong together: re-save the model.",
         )
     model.load_state_dict(state)
+
+
+# --- sparse codes ------------------------------------------------------------------------------
+
+
+def save_codes(path: str | Path, code: Tensor) -> Path:
+    """Write a code ``(N, n_latents)`` (CSR, as ``model.encode(x, sparse=True)`` gives; a dense one is converted)
+    as its non-zeros only, atomically.
+
+    ``.npz``: the layout of ``scipy.sparse.save_npz`` for a CSR matrix (arrays ``format``, ``shape``,
+    ``data``, ``indices``, ``indptr``), so ``scipy.sparse.load_npz`` reads it. ``.safetensors``:
+    tensors ``indptr``, ``indices``, ``values`` and the shape in the metadata (``"shape": "[N, n]"``).
+    Both keep the values' dtype; the indices are int32 where they fit, as scipy's are.
+    `load_codes` reads either back.
+    """
+    path = Path(path)
+    _check_codes_suffix(path)
+    csr = (code if code.layout == torch.sparse_csr else code.to_sparse_csr()).detach().cpu()
+    crow, cols, values = csr.crow_indices(), csr.col_indices(), csr.values()  # (N + 1,), (nnz,), (nnz,)
+    index = torch.int32 if max(values.numel(), csr.shape[1]) < 2**31 else torch.int64
+    crow, cols = crow.to(index), cols.to(index)
+    if path.suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            indices=cols.numpy(),
+            indptr=crow.numpy(),
+            format=np.array(b"csr"),
+            shape=np.array(csr.shape, dtype=np.int64),
+            data=values.numpy(),
+        )
+        atomic_write(path, buffer.getvalue())
+    else:
+        metadata = {"format": "csr", "shape": json.dumps(list(csr.shape))}
+        write_tensors(path, {"indptr": crow, "indices": cols, "values": values}, metadata)
+    return path
+
+
+def load_codes(path: str | Path) -> Tensor:
+    """The code ``(N, n_latents)`` that `save_codes` (or ``sparseae encode --format sparse``) wrote, as a CSR tensor.
+
+    Also reads a CSR matrix that ``scipy.sparse.save_npz`` wrote (indices sorted in each row).
+    """
+    path = Path(path)
+    _check_codes_suffix(path)
+    if path.suffix == ".npz":
+        crow, cols, values, shape = _read_npz_csr(path)
+    else:
+        tensors, metadata = read_tensors(path)
+        missing = {"indptr", "indices", "values"} - set(tensors)
+        if missing or metadata.get("format") != "csr":
+            raise SparseAEError(
+                str(path),
+                expected="sparse codes: tensors indptr, indices, values and metadata format 'csr' and shape",
+                got=f"tensors {', '.join(sorted(tensors)) or 'none'} and format {metadata.get('format')!r}",
+                fix="Pass a file written by `sparseae encode --format sparse` (or sparseae.io.save_codes).",
+            )
+        crow, cols, values, shape = tensors["indptr"], tensors["indices"], tensors["values"], metadata.get("shape")
+        shape = _json_or_none(shape)
+    try:
+        rows, n = (int(d) for d in shape)  # type: ignore[union-attr]
+        return torch.sparse_csr_tensor(crow.long(), cols.long(), values, (rows, n), check_invariants=True)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SparseAEError(
+            str(path),
+            expected="a consistent CSR matrix (indptr of rows + 1 rising to nnz, indices in [0, n) ascending in each row)",
+            got=f"{str(e).splitlines()[0][:200]} (shape {shape!r})",
+            fix="The file is damaged, or a scipy matrix with unsorted indices (call .sort_indices() before save_npz): "
+            "re-create it.",
+        ) from None
+
+
+def _check_codes_suffix(path: Path) -> None:
+    if path.suffix not in CODE_SUFFIXES:
+        raise SparseAEError(
+            str(path),
+            expected=f"a sparse code file ending in {' or '.join(CODE_SUFFIXES)}",
+            got=f"a {path.suffix or 'name without a'} suffix",
+            fix="Name it CODES.safetensors or CODES.npz (dense codes are plain .npy arrays: numpy.load).",
+        )
+
+
+def _read_npz_csr(path: Path) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """indptr, indices, data and shape of a scipy ``save_npz`` CSR file."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy file under a .npz name
+            arrays = {}
+        else:
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+    except FileNotFoundError:
+        raise SparseAEError(str(path), expected="a .npz file", got="no such file", fix="Check the path.") from None
+    except (OSError, ValueError, EOFError) as e:  # damaged zip, pickled arrays
+        raise SparseAEError(
+            str(path), expected="a readable .npz file", got=f"an unreadable one ({e})", fix="Re-create it."
+        ) from None
+    wanted = {"format", "shape", "data", "indices", "indptr"}
+    fmt = arrays.get("format")
+    fmt = fmt.item() if isinstance(fmt, np.ndarray) and fmt.ndim == 0 else fmt
+    fmt = fmt.decode("ascii", "replace") if isinstance(fmt, bytes) else fmt
+    if not wanted <= set(arrays) or fmt != "csr":
+        got = f"format {fmt!r}" if "format" in arrays else f"arrays {', '.join(sorted(arrays)) or 'none'}"
+        raise SparseAEError(
+            str(path),
+            expected=f"a CSR matrix as scipy.sparse.save_npz writes it (arrays {', '.join(sorted(wanted))}, format 'csr')",
+            got=got,
+            fix="Write it with `sparseae encode --format sparse`, or save a scipy matrix as m.tocsr().",
+        )
+    return (*(torch.from_numpy(arrays[k]) for k in ("indptr", "indices", "data")), arrays["shape"].tolist())
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None

@@ -57,7 +57,7 @@ def test_a_close_name_of_another_constraint_says_whose(capsys):
     ("argv", "note"),
     [
         (["train", "--model", "dense", "--channels", "8"], "--channels belongs to the model mnist-conv: add --model mnist-conv."),
-        (["train", "--format", "onnx"], "--format belongs to `sparseae export`."),
+        (["train", "--format", "onnx"], "--format belongs to `sparseae encode`, `sparseae export`."),
         (["eval", "RUN", "--epochs", "2"], "--epochs belongs to `sparseae sweep`, `sparseae train`."),
         (["train", "--bogus", "3"], "`sparseae train --help` lists its flags."),
     ],

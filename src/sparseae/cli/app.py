@@ -270,7 +270,7 @@ def _add_inspect(command: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("compare.html"), help="Where to write it (default: %(default)s).")
     p.set_defaults(run=commands.compare)
 
-    p = command("encode", help="Write the codes of inputs as a .npy file.")
+    p = command("encode", help="Write the codes of inputs: a dense .npy array, or their non-zeros (--format sparse).")
     p.add_argument("run_dir", type=Path, metavar="RUN")
     p.add_argument(
         "--input",
@@ -278,7 +278,22 @@ def _add_inspect(command: Any) -> None:
         help="Inputs in an array file (.npy .npz .safetensors .pt .csv .parquet), in the model's input shape or flat; "
         "8-bit images are scaled by 1/255. Default: the run's test split.",
     )
-    p.add_argument("--output", type=Path, required=True, help="Where to write the codes, (N, n_latents) float32.")
+    p.add_argument(
+        "--output",
+        "--out",
+        type=Path,
+        required=True,
+        help="Where to write the codes, (N, n_latents) float32: CODES.npy (--format dense), "
+        "CODES.safetensors or CODES.npz (--format sparse).",
+    )
+    p.add_argument(
+        "--format",
+        choices=["dense", "sparse"],
+        default="dense",
+        help="dense: every entry, a .npy array; sparse: the non-zeros only, as CSR (indptr, indices, values): "
+        ".safetensors (shape in the metadata) or .npz (scipy.sparse.load_npz reads it); "
+        "sparseae.io.load_codes reads both (default: %(default)s).",
+    )
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     p.add_argument("--device", default="auto", help="Device (default: %(default)s).")
     p.add_argument("--batch-size", type=int, default=1000, help="Samples per batch (default: %(default)s).")

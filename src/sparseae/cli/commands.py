@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from sparseae import runtime
 from sparseae._config import from_dict
 from sparseae.cli.flags import arg_type, hyperparameters
 from sparseae.data import ActivationConfig, DataConfig, Dataset, load_data
@@ -20,7 +21,7 @@ from sparseae.data.inputs import TABLE_SUFFIXES, absolute_source, read_inputs, t
 from sparseae.data.shards import ShardReader
 from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check
-from sparseae.io import atomic_write, load, read_json
+from sparseae.io import CODE_SUFFIXES, atomic_write, load, read_json, save_codes
 from sparseae.models import build_preset, get_preset
 from sparseae.report import write_comparison, write_report
 from sparseae.rundir import CONFIG_FILE, load_run_data, read_config
@@ -254,13 +255,23 @@ def encode(args: argparse.Namespace) -> int:
             got="an existing file",
             fix="Choose another --output or pass --overwrite.",
         )
-    check(
-        args.output.suffix == ".npy",
-        "--output",
-        expected="a path ending in .npy",
-        got=args.output,
-        fix="Name the file CODES.npy.",
-    )
+    sparse = args.format == "sparse"
+    if sparse:
+        check(
+            args.output.suffix in CODE_SUFFIXES,
+            "--output",
+            expected="a path ending in .safetensors or .npz (--format sparse)",
+            got=args.output,
+            fix="Name the file CODES.safetensors or CODES.npz, or pass --format dense for CODES.npy.",
+        )
+    else:
+        check(
+            args.output.suffix == ".npy",
+            "--output",
+            expected="a path ending in .npy (--format dense)",
+            got=args.output,
+            fix="Name the file CODES.npy, or pass --format sparse for CODES.safetensors or CODES.npz.",
+        )
     device = pick_device(args.device)
     model = load(args.run_dir, device)
     if args.input is None:
@@ -268,7 +279,15 @@ def encode(args: argparse.Namespace) -> int:
     else:
         x = read_inputs(args.input, model.input_shape, _table_options(args.run_dir, args.input))
     model.check_input(tuple(x.shape[1:]), str(args.input or "the run's test data"))
-    out = model.encode_all(x, args.batch_size).numpy()
+    if sparse:
+        runtime.quiet_sparse_warnings()  # torch's CSR "beta" notice says nothing a user of this command can act on
+    codes = model.encode_all(x, args.batch_size, sparse=sparse)  # (N, n_latents)
+    if sparse:
+        save_codes(args.output, codes)
+        nnz = codes.values().numel()
+        print(f"codes: {args.output} {tuple(codes.shape)}, {nnz:,} non-zeros (L0 {nnz / max(1, len(codes)):.2f})")
+        return 0
+    out = codes.numpy()
     buffer = io.BytesIO()
     np.save(buffer, out)
     atomic_write(args.output, buffer.getvalue())

@@ -85,9 +85,26 @@ class Autoencoder(nn.Module):
         """Reconstruction from a code ``(B, n_latents)``."""
         raise NotImplementedError
 
-    def encode(self, x: Tensor) -> Tensor:
-        """The sparse code of raw inputs ``x``, ``(B, n_latents)``."""
+    def encode(self, x: Tensor, *, sparse: bool = False) -> Tensor:
+        """The sparse code of raw inputs ``x``, ``(B, n_latents)``.
+
+        With ``sparse=True`` it is a ``torch.sparse_csr_tensor`` holding only the non-zero
+        activations (no gradient): row r's latents are ``col_indices()[crow[r]:crow[r + 1]]``
+        (ascending), their values ``values()`` in the same places; ``.to_dense()`` gives the
+        dense code. Its size is the number of non-zeros, not ``B x n_latents``.
+        """
+        if sparse:
+            with torch.no_grad():
+                return self.sparse_code(self.preprocess(x))
         return self.sparsity(self.pre_activations(self.preprocess(x)))
+
+    def sparse_code(self, x: Tensor) -> Tensor:
+        """The code of preprocessed inputs ``x`` as a CSR tensor ``(B, n_latents)`` of its non-zeros.
+
+        By default the dense code's non-zeros; a model with a way to find them without the
+        dense ``(B, n_latents)`` code overrides this (the dense model's TopK kernels).
+        """
+        return self.sparsity(self.pre_activations(x)).to_sparse_csr()
 
     def forward(self, x: Tensor, *, kernels: str = "auto", dtype: torch.dtype | None = None) -> ModelOutput:
         """Preprocess, encode, constrain, decode: everything the loss needs, for raw inputs ``x``.
@@ -128,8 +145,13 @@ class Autoencoder(nn.Module):
         """After the optimizer step (e.g. renormalise weights)."""
 
     @torch.no_grad()
-    def encode_all(self, x: Any, batch_size: int = 1000) -> Tensor:
-        """The codes of every sample of ``x`` (tensor or array, ``(N, *input_shape)``), in eval mode, on the CPU."""
+    def encode_all(self, x: Any, batch_size: int = 1000, *, sparse: bool = False) -> Tensor:
+        """The codes of every sample of ``x`` (tensor or array, ``(N, *input_shape)``), in eval mode, on the CPU.
+
+        With ``sparse=True`` a CSR tensor, as `encode` gives: each batch is encoded sparse and the
+        pieces are joined, so no more than one batch's dense code exists at a time (none where the
+        model finds the non-zeros without it).
+        """
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
@@ -138,9 +160,11 @@ class Autoencoder(nn.Module):
             for i in range(0, len(x), batch_size):
                 chunk = x[i : i + batch_size]
                 chunk = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk, dtype=np.float32))
-                codes.append(self.encode(chunk.float().to(device)).cpu())
+                codes.append(self.encode(chunk.float().to(device), sparse=sparse).cpu())
         finally:
             self.train(was_training)
+        if sparse:
+            return cat_csr(codes, self.n_latents)  # (N, n_latents), CSR
         return torch.cat(codes)  # (N, n_latents)
 
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -155,6 +179,23 @@ class Autoencoder(nn.Module):
             "sparsity": {"name": self.sparsity.name, "params": self.sparsity.get_params()},
             "preprocess": list(self.preprocess.steps),
         }
+
+
+def cat_csr(pieces: list[Tensor], n_columns: int) -> Tensor:
+    """CSR tensors of ``n_columns`` columns stacked by rows, ``(sum of their rows, n_columns)``."""
+    if not pieces:
+        return torch.zeros(0, n_columns).to_sparse_csr()
+    crow, offset = [torch.zeros(1, dtype=torch.long, device=pieces[0].device)], 0
+    for piece in pieces:
+        crow.append(piece.crow_indices()[1:].long() + offset)  # (rows,)
+        offset += piece.values().numel()
+    return torch.sparse_csr_tensor(
+        torch.cat(crow),
+        torch.cat([p.col_indices().long() for p in pieces]),
+        torch.cat([p.values() for p in pieces]),
+        (sum(p.shape[0] for p in pieces), n_columns),
+        check_invariants=False,
+    )
 
 
 _MODELS: dict[str, type[Autoencoder]] = {}

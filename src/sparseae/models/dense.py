@@ -183,6 +183,15 @@ class DenseAutoencoder(Autoencoder):
             dense = topk_kernels.densify(code, c.n_latents)
         return ModelOutput(recon, dense, recon.new_zeros(()), loss, x)
 
+    def sparse_code(self, x: Tensor) -> Tensor:
+        """The code's non-zeros as CSR; with TopK (`Sparsity.sparse_k`) through the sparse kernels, which keep
+        each block of rows' k largest pre-activations and never hold the dense ``(B, n_latents)`` code."""
+        k = self.sparsity.sparse_k()
+        if k is None or x.device.type not in ("cpu", "cuda") or self.W_dec.dtype != torch.float32:
+            return super().sparse_code(x)
+        code, _ = topk_kernels.topk_encode(x.flatten(1), self.encoder.weight, self.encoder.bias, k, self._centre())
+        return _nonzero_csr(code, self.n_latents)
+
     def uses_kernels(self, kernels: str = "auto") -> bool:
         """Whether `forward(x, kernels=kernels)` runs the sparse TopK kernels (`sparseae.kernels`) on CPU or CUDA
         float32 weights: with `kernels="auto"` and a constraint that offers them (`Sparsity.sparse_k`)."""
@@ -293,6 +302,15 @@ class DenseAutoencoder(Autoencoder):
     def after_step(self) -> None:
         if self.config.unit_norm_decoder:
             self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp(min=1e-12)
+
+
+def _nonzero_csr(code: topk_kernels.SparseCode, n: int) -> Tensor:
+    """The ``(B, n)`` CSR matrix of a TopK code's non-zero values (the ReLU leaves zeros among the k)."""
+    keep = code.values != 0  # (B, k)
+    crow = torch.zeros(len(keep) + 1, dtype=torch.long, device=keep.device)
+    torch.cumsum(keep.sum(1), 0, out=crow[1:])
+    # Row-major boolean indexing keeps each row's latents in their (ascending) order.
+    return torch.sparse_csr_tensor(crow, code.indices[keep], code.values[keep], (len(keep), n), check_invariants=False)
 
 
 def geometric_median(x: Tensor, iterations: int = 100, tol: float = 1e-6) -> Tensor:
