@@ -79,6 +79,22 @@ def text_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def lm_cache(lm_dir: Path, text_file: Path, tmp_path_factory) -> Path:
+    """A shard cache of 300 rows of the tiny GPT-2's first block on DOCS, with its token ids (tokens.json and
+    tokens.safetensors): ``load_data(DataConfig(str(lm_cache)))`` has ``test_rows.tokens``. Sequences of 16 tokens."""
+    from sparseae.data.activations import ActivationConfig, cache_activations
+
+    config = ActivationConfig(model=str(lm_dir), module="transformer.h.0", text=str(text_file), device="cpu",
+                              context_length=16, tokens=300, batch_size=4)  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cache_activations(config, tmp_path_factory.mktemp("lm-cache") / "cache", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Models this small train several times faster on one thread than on two that compete for the cores."""

@@ -265,6 +265,16 @@ def test_loading_a_cache_fills_the_test_rows_tokens(cache, lm_dir):
     assert len(data.subset(test=4).test_rows.tokens) == 4
 
 
+def test_token_texts_joined_give_the_text_back(lm_cache):
+    tokens = load_data(DataConfig(str(lm_cache))).test_rows.tokens
+    docs, corpus = tokens.documents, " ".join(DOCS)
+    assert len(tokens) > 0 and {int(d) for d in tokens.doc_ids} <= set(range(len(docs)))
+    for d in range(len(docs)):
+        ids = docs.tokens(d).tolist()
+        assert docs.text(ids[0]) == "<|endoftext|>"
+        assert "".join(docs.text(t) for t in ids[1:]).strip() in corpus
+
+
 def test_an_old_cache_without_token_info_still_loads(cache, tmp_path):
     old = Path(shutil.copytree(cache, tmp_path / "old"))
     (old / "tokens.json").unlink()
