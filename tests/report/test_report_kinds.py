@@ -66,14 +66,14 @@ def _check_top(browser, codes, latent):
 def texts_run(tmp_path_factory):
     torch.manual_seed(0)
     x = torch.randn(400, 16)
-    data = sparseae.Dataset("embeddings", x[:300], x[300:])
     texts = tuple(
         f"sentence {i} about {TOPICS[i % 5]}" + (f" {XSS}" if i % 3 == 0 else "") + (" </div><b>bold</b>" if i % 4 == 0 else "")
         for i in range(100)
     )
+    data = sparseae.Dataset("embeddings", x[:300], x[300:], test_rows=RowInfo(texts=texts))
     out = tmp_path_factory.mktemp("texts") / "run"
     model = _train(out, data, 24)
-    page = write_report(out, data=data, rows=RowInfo(texts=texts))
+    page = write_report(out, data=data)  # the texts come from data.test_rows
     return page, data, texts, model.encode(data.test).detach()
 
 
@@ -212,9 +212,9 @@ def test_tables_in_chromium(tmp_path, browser):
     torch.manual_seed(0)
     columns = ("age", "income", "<b>height</b>", "weight", "rooms", "distance")
     x = torch.randn(300, len(columns)) * torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0, 1.5])
-    data = sparseae.Dataset("houses", x[:200], x[200:])
+    data = sparseae.Dataset("houses", x[:200], x[200:], columns=columns)
     model = _train(tmp_path / "run", data, 10, k=2)
-    page = write_report(tmp_path / "run", data=data, columns=columns)
+    page = write_report(tmp_path / "run", data=data)  # the names come from data.columns
     codes = model.encode(data.test).detach()
     browser.get(page.as_uri())
     chromium.wait_for(browser, "!!document.getElementById('tops')")
@@ -228,3 +228,31 @@ def test_tables_in_chromium(tmp_path, browser):
     assert browser.find_elements("css selector", "#info b") == []
     assert chromium.severe(browser) == []
     chromium.screenshot(browser, "report-tables")
+
+
+# --- a real activation source: --data lm on the tiny GPT-2, reported from the command line ---
+
+
+def test_lm_source_report_from_the_cli(lm_dir, text_file, tmp_path, browser, one_torch_thread):
+    pytest.importorskip("transformers")
+    from sparseae.cli import main
+    from sparseae.data import DataConfig, load_data
+    from sparseae.data.activations import ActivationConfig
+
+    lm = ActivationConfig(model=str(lm_dir), module="transformer.h.0", text=str(text_file), device="cpu",
+                          context_length=16, tokens=240, batch_size=3)  # fmt: skip
+    data = load_data(DataConfig("lm", lm=lm, test_fraction=0.25))
+    assert data.test_rows is not None and data.test_rows.tokens is not None
+    model = sparseae.build_preset("dense", data.sample_shape, sparseae.build_sparsity("topk", k=4), seed=0, n_latents=32)
+    sparseae.train(model, data, sparseae.TrainConfig(epochs=1, batch_size=32), tmp_path / "run", progress=False)
+    # The run records its data, so the command line loads it again, tokens and all.
+    assert main(["report", str(tmp_path / "run"), "--quiet"]) == 0
+    page = tmp_path / "run" / "report.html"
+    chunk = (tmp_path / "run" / "report_files" / "features-0000.js").read_text()
+    assert '"ctx":' in chunk and '"logits":' in chunk  # contexts, and logit tables through the GPT-2's unembedding
+    codes = sparseae.load(tmp_path / "run").encode(data.test).detach()
+    browser.get(page.as_uri())
+    chromium.wait_for(browser, "!!document.getElementById('tops')")
+    _check_top(browser, codes, int(codes.ne(0).sum(0).argmax()))
+    assert browser.find_elements("css selector", "#token-view .doc .tok")
+    assert chromium.severe(browser) == []
