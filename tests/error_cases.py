@@ -409,7 +409,7 @@ CASES: list[Case] = [
         ),
         Case(
             "flag-of-another-command", "A flag of another command", "train --format onnx",
-            "unrecognized arguments: --format onnx. --format belongs to `sparseae export`.",
+            "unrecognized arguments: --format onnx. --format belongs to `sparseae encode`, `sparseae export`.",
             lambda tmp, env: ["train", "--format", "onnx"],
         ),
         Case(
