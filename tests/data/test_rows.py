@@ -124,6 +124,32 @@ def test_texts_are_refused_where_they_cannot_apply(tmp_path):
         load_data(DataConfig("mnist", texts="t.txt"))
 
 
+@pytest.mark.parametrize(
+    ("texts", "content", "message"),
+    [
+        ("t.csv", b"a\n", r"--texts .*t\.csv: expected a \.txt or \.jsonl file, got '\.csv'\. Convert it\."),
+        ("none.txt", None, r"--texts .*none\.txt: expected a file of texts, got no such file\. Check the path\."),
+        ("t.txt", b"caf\xe9\n", r"t\.txt: expected UTF-8 text, got a byte that is not UTF-8 at 3\. Save it as UTF-8\."),
+        ("t.jsonl", b"{oops\n", r"t\.jsonl, line 1: expected a JSON object or string, got invalid JSON"),
+    ],
+)
+def test_a_texts_file_that_cannot_be_read_says_why(tmp_path, texts, content, message):
+    np.save(tmp_path / "x.npy", X[:1])
+    if content is not None:
+        (tmp_path / texts).write_bytes(content)
+    with pytest.raises(SparseAEError, match=message):
+        load_data(DataConfig(str(tmp_path / "x.npy"), texts=str(tmp_path / texts)))
+
+
+def test_row_info_fields_must_agree():
+    with pytest.raises(SparseAEError, match=r"RowInfo: expected one entry per row in every field, got 2 texts, 1 extra\['id'\]"):
+        RowInfo(texts=("a", "b"), extra={"id": ("1",)})
+    with pytest.raises(SparseAEError, match=r"array texts: expected one text per sample \(40\), got 2 texts"):
+        Dataset.from_array(X, texts=["a", "b"])
+    info = RowInfo(texts=("a", "b", "c"), extra={"id": ("1", "2", "3")})
+    assert info.select(torch.tensor([2, 0])) == RowInfo(texts=("c", "a"), extra={"id": ("3", "1")})
+
+
 def test_from_array_keeps_texts_and_columns():
     data = Dataset.from_array(X, texts=TEXTS, columns=["a", "b", "c"])
     assert list(data.test_rows.texts) == [TEXTS[i] for i in _test_rows()]
@@ -170,6 +196,19 @@ def test_a_test_source_numbers_its_words_as_the_training_data(tmp_path):
     (tmp_path / "test.csv").write_text("a,y\n1,emu\n2,yak\n")
     with pytest.raises(SparseAEError, match=r"--test-source labels: expected classes of the training data .*class\(es\) 'yak'"):
         load_data(DataConfig(str(tmp_path / "train.csv"), test_source=str(tmp_path / "test.csv"), label_column="y"))
+
+
+def test_labels_of_two_kinds_are_refused_and_parquet_labels_checked(tmp_path):
+    (tmp_path / "train.csv").write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(12)))
+    (tmp_path / "test.csv").write_text("a,y\n1,emu\n2,dog\n")
+    with pytest.raises(SparseAEError, match=r"got classes named by words in --test-source and numbers in --data"):
+        load_data(DataConfig(str(tmp_path / "train.csv"), test_source=str(tmp_path / "test.csv"), label_column="y"))
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": np.ones(4), "y": ["a", None, "b", "a"]}), tmp_path / "t.parquet")
+    with pytest.raises(SparseAEError, match=r"column .y.: expected class labels in every row: whole numbers, or words, got type"):
+        load_data(DataConfig(str(tmp_path / "t.parquet"), label_column="y"))
 
 
 @pytest.mark.parametrize(
