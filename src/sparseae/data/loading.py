@@ -53,17 +53,40 @@ def load_data(config: DataConfig) -> Dataset:
 
 def _load(source: str, config: DataConfig, texts: str | None) -> tuple[Dataset, RowInfo | None]:
     """The data set in ``source``, and what each of its rows is in the order `_whole` puts them (None if unknown)."""
-    if texts is not None and (is_named_source(source) or source.startswith("patches:")):
+    path = Path(source)
+    if not is_named_source(source) and not source.startswith("patches:"):
+        if path.is_dir() and is_shard_dir(path):
+            reader = ShardReader(path)
+            tokens = read_tokens(path, len(reader))
+            arrays = Arrays(reader, rows=None if tokens is None else RowInfo(tokens=tokens))
+            return _from_arrays(path, _with_texts(path, arrays, texts, find=False), config)
+        if not path.is_dir() and (path.is_file() or path.suffix.lower() in ARRAY_SUFFIXES):
+            arrays = read_arrays(
+                path,
+                key=config.key,
+                label_column=config.label_column,
+                columns=config.columns,
+                drop_columns=config.drop_columns,
+                csv_delimiter=config.csv_delimiter,
+                text_column=config.text_column,
+            )
+            return _from_arrays(path, _with_texts(path, arrays, texts, find=config.text_column is None), config)
+    if texts is not None:
         raise SparseAEError(
             f"--texts {texts}",
             expected="an array file or a shard cache, whose rows the texts describe",
             got=f"--data {source}",
             fix="Leave --texts out for this source.",
         )
+    return _load_other(source, path, config), None
+
+
+def _load_other(source: str, path: Path, config: DataConfig) -> Dataset:
+    """A source that is not an array file or a shard cache: a named one, patches, a language model, a folder."""
     if source == "mnist":
-        return load_mnist(), None
+        return load_mnist()
     if source in DATASETS:
-        return load_named(source), None
+        return load_named(source)
     if source == "patches" or source.startswith("patches:"):
         from sparseae.data.patches import load_patches
 
@@ -71,36 +94,16 @@ def _load(source: str, config: DataConfig, texts: str | None) -> tuple[Dataset, 
         mode = "gray" if config.image_mode == "auto" else config.image_mode
         return load_patches(
             images, patch_size=config.patch_size, n_patches=config.n_patches, mode=mode, test_fraction=config.test_fraction
-        ), None  # fmt: skip
+        )
     if source == "lm":
-        return _load_lm(config), None
-    path = Path(source)
+        return _load_lm(config)
     if path.is_dir():
-        if is_shard_dir(path):
-            reader = ShardReader(path)
-            tokens = read_tokens(path, len(reader))
-            arrays = Arrays(reader, rows=None if tokens is None else RowInfo(tokens=tokens))
-            return _from_arrays(path, _with_texts(path, arrays, texts, find=False), config)
-        if texts is not None:
-            raise SparseAEError(f"--texts {texts}", expected="an array file or a shard cache, whose rows the texts describe",
-                                got=f"--data {source} (a folder of images)", fix="Leave --texts out.")  # fmt: skip
         if any(path.glob("train-images-idx3-ubyte*")):
-            return load_mnist(path), None
+            return load_mnist(path)
         from sparseae.data.images import load_image_folder
 
         mode = config.image_mode
-        return load_image_folder(path, size=config.image_size, mode=mode, test_fraction=config.test_fraction), None
-    if path.is_file() or path.suffix.lower() in ARRAY_SUFFIXES:
-        arrays = read_arrays(
-            path,
-            key=config.key,
-            label_column=config.label_column,
-            columns=config.columns,
-            drop_columns=config.drop_columns,
-            csv_delimiter=config.csv_delimiter,
-            text_column=config.text_column,
-        )
-        return _from_arrays(path, _with_texts(path, arrays, texts, find=config.text_column is None), config)
+        return load_image_folder(path, size=config.image_size, mode=mode, test_fraction=config.test_fraction)
     raise SparseAEError(
         "--data",
         expected=f"one of {', '.join(NAMED_SOURCES)}, an array file ({' '.join(ARRAY_SUFFIXES)}) or a directory "
