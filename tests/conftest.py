@@ -119,3 +119,17 @@ def crash_in_epoch_two(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+
+
+@pytest.fixture(scope="session")
+def sparsify():
+    """The real EleutherAI sparsify package (``eai-sparsify``, test extra): skipped without it, except in CI."""
+    import os
+
+    try:
+        import sparsify
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have eai-sparsify (the test extra): pip install -c constraints.txt -e '.[test]'")
+        pytest.skip("eai-sparsify is not installed: pip install -c constraints.txt eai-sparsify")
+    return sparsify

@@ -283,11 +283,30 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     (e.g. a Hub model folder), or a Hugging Face Hub repository ``user/repo`` (downloaded once, cached).
 
     A string is a repo id only when no such local path exists and it does not look like
-    one (``runs/nope`` where ``runs`` is a local directory is a mistyped path).
+    one (``runs/nope`` where ``runs`` is a local directory is a mistyped path). A sparsify or
+    SAELens SAE folder is refused with the function that imports it.
     """
     if isinstance(path, str) and not Path(path).exists() and looks_like_repo_id(path) and not _local_parent(path):
         return load_hub(path, device=device)
+    _refuse_foreign(Path(path))
     return io.load(path, device)
+
+
+def _refuse_foreign(folder: Path) -> None:
+    """Point a folder of another tool's files (their config is ``cfg.json`` too) to the function that imports it."""
+    from sparseae.interop import saelens, sparsify
+
+    if (folder / io.MODEL_FILE).exists():
+        return
+    for tool, weights, function in (("sparsify", sparsify.WEIGHTS_FILE, "import_sparsify"),
+                                    ("SAELens", saelens.WEIGHTS_FILE, "import_saelens")):  # fmt: skip
+        if (folder / weights).is_file():
+            raise SparseAEError(
+                str(folder),
+                expected=f"a sparseae model folder ({io.CFG_FILE} + {io.MODEL_FILE})",
+                got=f"a {tool} SAE folder ({io.CFG_FILE} + {weights})",
+                fix=f"Import it: sparseae.interop.{function}({str(folder)!r}) gives a sparseae model.",
+            )
 
 
 def _local_parent(name: str) -> bool:
