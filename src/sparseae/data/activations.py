@@ -380,7 +380,8 @@ def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_sha
                 n, d_model = n + len(batch), batch.shape[1]
                 bar.update(len(batch))
                 yield batch
-        write_tokens(directory, tokens.token_rows(tokenizer, config.model))  # before the manifest, which write_into writes last
+        # before the manifest, which write_into writes last
+        write_tokens(directory, tokens.token_rows(tokenizer, config.model, dtype=torch.int32))
         seconds = time.perf_counter() - start
         metadata.update(d_model=d_model, rows=n, seconds=round(seconds, 3), tokens_per_s=round(n / seconds, 1))
         if n < config.tokens:

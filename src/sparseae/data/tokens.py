@@ -50,18 +50,25 @@ class TokenLog:
         b, t = b[:n], t[:n]
         used = int(b[-1]) + 1 if n else 0  # sequences after the last row's (the text ran past max_tokens) are dropped
         lengths = mask.sum(1)
-        self._doc_ids.append(b + len(self._docs))
-        self._positions.append(t)
-        self._docs.extend(ids[row, : int(lengths[row])].cpu().clone() for row in range(used))
+        # int32 while collecting (half the memory of a long cache's log); token_rows gives int64
+        self._doc_ids.append((b + len(self._docs)).int())
+        self._positions.append(t.int())
+        self._docs.extend(ids[row, : int(lengths[row])].int() for row in range(used))
 
-    def token_rows(self, tokenizer: Any, name: str) -> TokenRows:
-        """The rows so far, their documents shown with ``tokenizer``'s texts; ``name``: the model (and tokenizer) loaded."""
-        token_ids = torch.cat(self._docs) if self._docs else torch.empty(0, dtype=torch.long)
+    def token_rows(self, tokenizer: Any, name: str, dtype: torch.dtype = torch.long) -> TokenRows:
+        """The rows so far, their documents shown with ``tokenizer``'s texts; ``name``: the model (and tokenizer) loaded.
+
+        ``dtype`` of the ids and positions: int64 as `TokenRows` states, or int32 to write them out with less memory.
+        """
+
+        def cat(parts: list[Tensor]) -> Tensor:
+            return torch.cat(parts).to(dtype) if parts else torch.empty(0, dtype=dtype)
+
+        token_ids = cat(self._docs)
         offsets = torch.zeros(len(self._docs) + 1, dtype=torch.long)
         offsets[1:] = torch.tensor([len(d) for d in self._docs], dtype=torch.long).cumsum(0)
         vocab = token_texts(tokenizer, token_ids.unique().tolist())
-        documents = Documents(token_ids.long(), offsets, vocab, tokenizer=name, model=name)
-        cat = (lambda parts: torch.cat(parts).long()) if self._doc_ids else (lambda _: torch.empty(0, dtype=torch.long))
+        documents = Documents(token_ids, offsets, vocab, tokenizer=name, model=name)
         return TokenRows(cat(self._doc_ids), cat(self._positions), documents)
 
 
