@@ -99,7 +99,17 @@ def test_export_writes_the_sparsify_layout(tmp_path: Path):
 
 def test_round_trip_is_exact(tmp_path: Path):
     model = DenseAutoencoder(
-        DenseConfig(input_shape=(4, 4), n_latents=N, pre_bias="mean", aux_k=16, unit_norm_decoder=False, tied_init=False),
+        DenseConfig(
+            input_shape=(4, 4),
+            n_latents=N,
+            pre_bias="mean",
+            aux_k=16,
+            aux_fraction=0.5,
+            dead_window=None,
+            unit_norm_decoder=False,
+            tied_init=False,
+            fit_encoder_scale=False,
+        ),  # fmt: skip
         build_sparsity("topk", k=4, alpha=2.0),
     )
     back = import_sparsify(export_sparsify(model, tmp_path / "sae"))

@@ -18,6 +18,7 @@ with a `SparseAEError` that says why.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -318,14 +319,15 @@ def _saved(metadata: dict[str, str]) -> dict[str, Any]:
 
 def _dense_config(saved: dict[str, Any], d: int, n: int, unit_norm: bool, what: str) -> DenseConfig:
     config = saved.get("config") if isinstance(saved.get("config"), dict) else {}
-    fields: dict[str, Any] = {key: config[key] for key in ("aux_k", "aux_coef", "dead_window", "weight_decay") if key in config}
+    # Training settings as exported; what the file itself says (sizes, biases, norms) comes from the file.
+    fields: dict[str, Any] = {key: value for key, value in config.items() if key in DenseConfig.__dataclass_fields__}
     shape = config.get("input_shape")
-    shape_ok = isinstance(shape, list) and all(isinstance(s, int) for s in shape) and torch.Size(shape).numel() == d
+    shape_ok = isinstance(shape, list) and all(isinstance(s, int) and s > 0 for s in shape) and math.prod(shape) == d
     fields.update(
         input_shape=shape if shape_ok else [d],
         n_latents=n,
-        # "zeros" keeps the imported b_dec when training starts (median/mean would re-fit it); sparsify always
-        # subtracts it, so a model exported with pre_bias="none" has its bias in encoder.bias now.
+        # A file sparsify wrote gets "zeros": b_dec is subtracted, as in sparsify. A model exported with
+        # pre_bias="none" has its decoder bias folded into encoder.bias, so it comes back as "zeros" too.
         pre_bias=config.get("pre_bias") if config.get("pre_bias") in ("median", "mean", "zeros") else "zeros",
         # Renormalising rows that are not unit norm would change the model at its first step.
         unit_norm_decoder=unit_norm,
