@@ -70,8 +70,9 @@ def shown_examples(browser, where: str) -> list[dict]:
     )
 
 
-def screenshot(browser, name: str, element: str = "browser", width: int = 900) -> Path:
-    """A small PNG of one element: into test-artifacts/ and docs/images/ (the docs show it)."""
+def screenshot(browser, name: str, element: str = "browser", width: int = 800) -> Path:
+    """A small PNG of one element (scaled to ``width``, its first 900 pixels of height): into test-artifacts/ (whole)
+    and docs/images/ (the docs show it)."""
     from PIL import Image
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -82,7 +83,7 @@ def screenshot(browser, name: str, element: str = "browser", width: int = 900) -
     image = Image.open(raw)
     if image.width > width:
         image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
-    image = image.convert("RGB").quantize(colors=128)
+    image = image.crop((0, 0, image.width, min(image.height, 900))).convert("RGB").quantize(colors=64)
     out = DOC_IMAGES / f"{name}.png"
     image.save(out, optimize=True)
     return out

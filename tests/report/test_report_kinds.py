@@ -225,7 +225,10 @@ def test_tables_in_chromium(tmp_path, browser):
         cells = _column(browser, caption)
         order = (sign * atom).argsort(descending=True)
         assert cells == [columns[i] for i in order.tolist() if sign * atom[i] > 0]
-    assert browser.find_elements("css selector", "#info b") == []
+    first = browser.execute_script("return document.querySelector('#tops .example div').textContent")
+    row = int(codes[:, latent].argmax())
+    assert first.startswith(f"age {round(float(data.test[row, 0]), 4)}, income ")  # each value with its column's name
+    assert browser.find_elements("css selector", "#info b, #tops b") == []
     assert chromium.severe(browser) == []
     chromium.screenshot(browser, "report-tables")
 

@@ -106,7 +106,7 @@ def build(
     for r in sorted(needed):
         by_rows.setdefault(r // ROW_CHUNK, []).append(r)
     for c, members in by_rows.items():
-        described = {str(r): meaning.describe_row(rows.x, r, rows.kind, rows.info, rows.label(r)) for r in members}
+        described = {str(r): meaning.describe_row(rows.x, r, rows.kind, rows.info, rows.label(r), rows.columns) for r in members}
         _write_chunk(files, "rows", c, described)
     index: dict[str, Any] = {
         "n_latents": model.n_latents, "n": scan.n, "kind": rows.kind, "chunk": CHUNK, "row_chunk": ROW_CHUNK,

@@ -50,8 +50,11 @@ def row_kind(sample_shape: tuple[int, ...], rows: RowInfo | None, columns: tuple
     return "arrays"
 
 
-def describe_row(x: Any, i: int, kind: str, rows: RowInfo | None, label: str | None) -> dict[str, Any]:
-    """What the report shows of held-out row ``i`` beside its activation (the token context aside)."""
+def describe_row(
+    x: Any, i: int, kind: str, rows: RowInfo | None, label: str | None, columns: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """What the report shows of held-out row ``i`` beside its activation (the token context aside); a table's
+    first values come with their column names."""
     out: dict[str, Any] = {"label": label}
     if kind == "images":
         shape = image_shape(tuple(x.shape[1:]))
@@ -60,7 +63,8 @@ def describe_row(x: Any, i: int, kind: str, rows: RowInfo | None, label: str | N
         text = rows.texts[i]
         out["text"] = text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + "…"
     elif kind == "arrays" or kind == "tables":
-        out["values"] = [round(v, 4) for v in torch.as_tensor(x[i : i + 1])[0].flatten()[:8].tolist()]
+        values = [round(v, 4) for v in torch.as_tensor(x[i : i + 1])[0].flatten()[:8].tolist()]
+        out["values"] = [f"{c} {v}" for c, v in zip(columns, values, strict=False)] if kind == "tables" else values
     for name, values in rows.extra.items() if rows is not None else ():
         out.setdefault("extra", {})[name] = values[i]
     return out

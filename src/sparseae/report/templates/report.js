@@ -107,6 +107,7 @@ function pairs(title, items, cls) {
   }
   return t;
 }
+function visible(text) { return text.replace(/\n/g, '\u21b5').replace(/\t/g, '\u2192'); }  // a token's newline or tab, seen
 function shade(span, value, peak) {
   if (value === null) { span.classList.add('none'); span.title = 'not a held-out row (no activation)'; return; }
   const a = peak > 0 ? Math.max(0, Math.min(1, value / peak)) : 0;
@@ -120,7 +121,7 @@ function example(ex, rows, peak) {
   if (ex.ctx) {
     box.classList.add('line');
     ex.ctx.forEach(([text, v], i) => {
-      const s = el('span', text, 'tok');
+      const s = el('span', visible(text), 'tok');
       shade(s, v, peak);
       if (i === ex.at) s.classList.add('at');
       box.appendChild(s);
@@ -190,7 +191,7 @@ function drawDocs() {
   for (const doc of D.docs) {
     const p = el('div', undefined, 'doc');
     for (const [text, row] of doc) {
-      const s = el('span', text, 'tok');
+      const s = el('span', text.replace(/\t/g, '\u2192'), 'tok');
       if (row < 0) s.classList.add('none');
       else s.addEventListener('click', () => pickToken(s, row));
       s.dataset.row = row;
