@@ -149,6 +149,8 @@ def test_export_refuses_what_sparsify_cannot_represent(tmp_path: Path):
     export_sparsify(dense(), tmp_path, hookpoint="layers.0")
     with pytest.raises(SparseAEError, match="expected a new or empty folder.*got a file or a folder with files"):
         export_sparsify(dense(), tmp_path, hookpoint="layers.0")
+    with pytest.raises(SparseAEError, match="expected a path in a directory, got a path inside a file"):
+        export_sparsify(dense(), tmp_path / "layers.0" / "cfg.json", hookpoint="layers.1")
 
 
 def write_sparsify(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor]) -> Path:

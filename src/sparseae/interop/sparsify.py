@@ -27,6 +27,7 @@ from torch import Tensor
 
 from sparseae._config import from_dict
 from sparseae.errors import SparseAEError
+from sparseae.interop._files import make_parent
 from sparseae.interop.saelens import AFFINE_STEPS, _encode_time_k, _preprocessing_affine, _Weights
 from sparseae.io import CFG_FILE, MODEL_FILE, read_json, read_tensors, write_json, write_tensors
 from sparseae.models import Autoencoder, DenseAutoencoder, DenseConfig
@@ -91,7 +92,7 @@ def export_sparsify(model: Autoencoder, directory: str | Path, *, hookpoint: str
         "transcode": False,
         "d_in": d,
     }
-    folder.mkdir(parents=True, exist_ok=True)
+    make_parent(folder / CFG_FILE)
     # In the weights' metadata, which sparsify ignores (it logs a warning for each unknown field of cfg.json).
     write_tensors(folder / WEIGHTS_FILE, tensors, {METADATA_KEY: json.dumps(_description(model))})
     write_json(folder / CFG_FILE, cfg)
