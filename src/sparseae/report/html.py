@@ -26,6 +26,7 @@ from sparseae.data import Dataset
 from sparseae.data.rows import RowInfo
 from sparseae.errors import SparseAEError
 from sparseae.io import atomic_write, load
+from sparseae.models import Autoencoder
 from sparseae.pictures.features import image_shape
 from sparseae.pictures.images import encode_png, image_grid
 from sparseae.report import browser, meaning
@@ -115,6 +116,17 @@ def density_chart(freq: list[float], n: int) -> str:
     )
 
 
+@torch.no_grad()
+def reconstructions(model: Autoencoder, x: Any, n: int = 10) -> str | None:
+    """A PNG data URI of the first ``n`` samples above their reconstructions, where samples are images."""
+    shape = image_shape(tuple(x.shape[1:]))
+    if shape is None:
+        return None
+    sample = torch.as_tensor(x[:n])
+    grid = image_grid([sample.reshape(-1, *shape), model.reconstruct(sample).reshape(-1, *shape)])
+    return "data:image/png;base64," + base64.b64encode(encode_png(grid)).decode()
+
+
 def write_report(
     run_dir: str | Path,
     data: Dataset | None = None,
@@ -162,21 +174,13 @@ def write_report(
     index = browser.build(model, described, found, path.with_name(path.stem + "_files"), sorted(latents), progress)
     metrics = rundir.read_metrics(run_dir)
     charts, note = curves(metrics, rundir.read_step_metrics(run_dir)) if metrics else ("", "")
-    shape = image_shape(tuple(x.shape[1:]))
-    pictures = None
-    if kind == "images" and shape:
-        sample = torch.as_tensor(x[:10])
-        with torch.no_grad():
-            recon = model.reconstruct(sample)
-        grid = image_grid([sample.reshape(-1, *shape), recon.reshape(-1, *shape)])
-        pictures = "data:image/png;base64," + base64.b64encode(encode_png(grid)).decode()
     page = _render(
         "report.html.j2",
         title=f"sparseae report: {run_dir.name}",
         run_name=run_dir.name,
         metrics=[(k, _value(v)) for k, v in (metrics[-1].items() if metrics else ())],
         curves_note=note,
-        reconstructions=pictures,
+        reconstructions=reconstructions(model, x) if kind == "images" else None,
         shown=len(latents),
         n_latents=model.n_latents,
         n=found.n,
