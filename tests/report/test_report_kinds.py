@@ -259,3 +259,15 @@ def test_lm_source_report_from_the_cli(lm_dir, text_file, tmp_path, browser, one
     _check_top(browser, codes, int(codes.ne(0).sum(0).argmax()))
     assert browser.find_elements("css selector", "#token-view .doc .tok")
     assert chromium.severe(browser) == []
+
+
+def test_no_logit_tables_without_a_fitting_unembedding(lm_dir, caplog):
+    pytest.importorskip("transformers")
+    from sparseae.report.meaning import unembedding
+
+    documents = Documents(torch.tensor([0, 1]), torch.tensor([0, 2]), {0: "a", 1: "b"}, tokenizer=str(lm_dir))
+    assert unembedding(documents, 32) is None  # no model named
+    named = Documents(documents.token_ids, documents.offsets, documents.vocab, str(lm_dir), model=str(lm_dir))
+    w_u, _ = unembedding(named, 32)
+    assert w_u.shape[1] == 32
+    assert unembedding(named, 7) is None and "no unembedding of width 7" in caplog.text  # an SAE on another width

@@ -67,3 +67,24 @@ def test_values_at_and_strongest(model_and_rows):
         values, ids = code[r].topk(5)
         assert [j for j, _ in pairs] == ids[values != 0].tolist()
         torch.testing.assert_close(torch.tensor([v for _, v in pairs]), values[values != 0])
+
+
+class _Chunked:
+    """Rows that may be read only ``limit`` at a time, as a stream larger than memory is."""
+
+    def __init__(self, x, limit):
+        self.x, self.limit, self.shape = x, limit, x.shape
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, rows):
+        assert len(self.x[rows]) <= self.limit, "read more rows at once than one chunk"
+        return self.x[rows]
+
+
+def test_the_pass_reads_one_chunk_at_a_time(model_and_rows):
+    model, x, code = model_and_rows
+    found = scan(model, _Chunked(x, 32), top=4, sample=8, batch=32)
+    assert torch.equal(found.count, (code != 0).sum(0))
+    assert found.top_values.shape == (4, 20) and found.sample_values.shape == (8, 20)  # kept state: fixed, whatever N
