@@ -71,8 +71,8 @@ def shown_examples(browser, where: str) -> list[dict]:
 
 
 def screenshot(browser, name: str, element: str = "browser", width: int = 800) -> Path:
-    """A small PNG of one element (scaled to ``width``, its first 900 pixels of height): into test-artifacts/ (whole)
-    and docs/images/ (the docs show it)."""
+    """A small PNG of one element (scaled to ``width``, its first 900 pixels of height): into test-artifacts/ (whole),
+    and with SPARSEAE_DOC_IMAGES=1 into docs/images/ (the docs show it) instead of a small copy in test-artifacts/."""
     from PIL import Image
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -84,6 +84,6 @@ def screenshot(browser, name: str, element: str = "browser", width: int = 800) -
     if image.width > width:
         image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
     image = image.crop((0, 0, image.width, min(image.height, 900))).convert("RGB").quantize(colors=64)
-    out = DOC_IMAGES / f"{name}.png"
-    image.save(out, optimize=True)
+    out = DOC_IMAGES / f"{name}.png" if os.environ.get("SPARSEAE_DOC_IMAGES") else ARTIFACTS / f"{name}-small.png"
+    image.save(out, optimize=True)  # docs/images only on request: a test run leaves the tree clean
     return out

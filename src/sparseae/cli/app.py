@@ -257,12 +257,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _add_inspect(command: Any) -> None:
     """``report``, ``compare`` and ``encode``: commands that read runs."""
-    p = command("report", help="Write a self-contained report.html with a feature browser.")
+    p = command("report", help="Write report.html and its report_files/ folder: a browser of every feature.")
     p.add_argument("run_dir", type=Path, metavar="RUN")
     p.add_argument("--out", type=Path, help="Where to write it (default: RUN/report.html).")
-    p.add_argument(
-        "--max-latents", type=int, default=512, help="Latents in the browser, most frequent first (default: %(default)s)."
-    )
+    p.add_argument("--max-latents", type=int, default=None, help="Latents in the browser, most frequent first (default: all).")
+    p.add_argument("--top", type=int, default=20, help="Top examples kept per feature (default: %(default)s).")
     p.set_defaults(run=commands.report)
 
     p = command("compare", help="Write compare.html: the L0-FVU frontier and a table of runs.")

@@ -20,7 +20,7 @@ from sparseae.data import ActivationConfig, DataConfig, Dataset, load_data
 from sparseae.data.inputs import TABLE_SUFFIXES, absolute_source, read_inputs, table_options
 from sparseae.data.shards import ShardReader
 from sparseae.devices import pick_device
-from sparseae.errors import SparseAEError, check
+from sparseae.errors import SparseAEError, check, positive_int
 from sparseae.io import CODE_SUFFIXES, atomic_write, load, read_json, save_codes
 from sparseae.models import build_preset, get_preset
 from sparseae.report import write_comparison, write_report
@@ -232,9 +232,11 @@ def export(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     read_config(args.run_dir)
-    check(args.max_latents >= 1, "--max-latents", expected="an integer >= 1", got=args.max_latents, fix="Pass a positive number.")
-    path = write_report(args.run_dir, out=args.out, max_latents=args.max_latents, progress=not args.quiet)
-    print(f"report: {path}")
+    if args.max_latents is not None:
+        positive_int(args.max_latents, "--max-latents", fix="Pass a positive number.")
+    positive_int(args.top, "--top", fix="Pass a positive number.")
+    path = write_report(args.run_dir, out=args.out, max_latents=args.max_latents, progress=not args.quiet, top=args.top)
+    print(f"report: {path} (open it from disk; keep {path.stem}_files/ beside it)")
     return 0
 
 
