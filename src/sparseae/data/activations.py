@@ -3,7 +3,9 @@
 The data flow: documents (a ``.txt`` file, a directory of them, or a Hugging Face data
 set) -> tokens, cut into sequences of at most ``context_length`` -> batches of sequences,
 padded on the right -> a forward pass with a hook on one module -> its output at the
-real tokens, one row per token ``(n_tokens, d_model)``.
+real tokens, one row per token ``(n_tokens, d_model)``. Several modules can be hooked at
+once (`iter_activations_per_module`): one forward pass gives the rows of each, for the same
+tokens. The model is a causal language model or an encoder (BERT; see `sparseae.data.lm_models`).
 
 Choices, made once here:
 
@@ -15,13 +17,17 @@ Choices, made once here:
   ``exclude_bos`` (the default) leaves it out of the training rows and, in
   `ce_loss_recovered`, unreplaced. A tokenizer without a BOS token gets nothing
   prepended, and then ``exclude_bos`` has nothing to exclude.
+* **[CLS] and [SEP].** An encoder's sequences are framed as it was trained, ``[CLS] ...
+  [SEP]`` (every cut of a long document too), and ``exclude_bos`` leaves both out: the
+  rows are the real word pieces, as in ``benchmarks/real/collect.py``.
 * **Padding.** A batch is padded on the right, to its longest sequence. Right padding
-  keeps every real token at the position it would have alone (GPT-2 numbers positions
-  ``0..T-1`` whatever the mask says), and causal attention keeps pads out of the real
-  tokens' view, so the rows do not depend on the batch they were computed in. Pads are
-  dropped through the attention mask.
-* **Early stop.** The hook raises a private exception once it has the module's output,
-  so the layers after it, and the unembedding (often the largest matrix of a small
+  keeps every real token at the position it would have alone (GPT-2 and BERT number
+  positions ``0..T-1`` whatever the mask says), and the attention mask (with causal
+  attention, the order too) keeps pads out of the real tokens' view, so the rows do not
+  depend on the batch they were computed in (up to float rounding). Pads are dropped
+  through the attention mask.
+* **Early stop.** A hook raises a private exception once every hooked module has given its
+  output, so the layers after the deepest one, and the unembedding (often the largest matrix of a small
   model), are never run; see ``benchmarks/lm_activations.py`` for what that saves.
 * ``torch.no_grad`` rather than ``torch.inference_mode``: inference tensors cannot be
   saved for backward, and these rows are the input of an SAE being trained.
@@ -36,13 +42,13 @@ Choices, made once here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import difflib
 import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,70 +58,43 @@ from torch import Tensor, nn
 
 from sparseae._config import to_dict
 from sparseae.data.config import ActivationConfig
+from sparseae.data.fan_out import fan_out
+from sparseae.data.lm_models import (
+    INSTALL_FIX,
+    Framing,
+    find_module,
+    is_causal_lm,
+    is_many,
+    load_lm,
+    module_names,
+    resolve_modules,
+)
 from sparseae.data.rows import TokenRows
 from sparseae.data.stream import Stream
 from sparseae.data.tokens import TokenLog, write_tokens
-from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check
+
+__all__ = [
+    "ActivationConfig",
+    "ActivationStream",
+    "cache_activations",
+    "ce_loss_recovered",
+    "collect",
+    "collect_per_module",
+    "find_module",
+    "is_causal_lm",
+    "iter_activations",
+    "iter_activations_per_module",
+    "load_lm",
+    "module_names",
+    "read_texts",
+    "resolve_modules",
+]
 
 log = logging.getLogger(__name__)
 
-INSTALL_FIX = "Install the language-model extra: pip install 'sparseae[lm]'."
 _DOCS_PER_CALL = 64
 """Documents handed to the tokenizer at once (a fast tokenizer works on a list in parallel)."""
-
-
-# --- the model ----------------------------------------------------------------------------------------------------------
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise SparseAEError("transformers", expected="the transformers package", got="not installed", fix=INSTALL_FIX) from None
-    return transformers
-
-
-def load_lm(name_or_path: str, device: str = "auto") -> tuple[nn.Module, Any]:
-    """A causal language model in eval mode on ``device``, and its tokenizer.
-
-    A tokenizer without a pad token gets its EOS token as pad (GPT-2's has none); pads
-    never reach the rows, which are picked by the attention mask.
-    """
-    transformers = _transformers()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-        model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
-    except OSError as e:
-        raise SparseAEError(
-            f"model {name_or_path!r}",
-            expected="a Hugging Face model name or a local directory saved with save_pretrained",
-            got=str(e).splitlines()[0] if str(e) else type(e).__name__,
-            fix="Check the name or path (offline, the model must already be in the Hugging Face cache).",
-        ) from None
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(pick_device(device)).eval(), tokenizer
-
-
-def module_names(model: nn.Module) -> list[str]:
-    """The dotted names of every module of ``model`` (what ``module`` may be)."""
-    return [name for name, _ in model.named_modules() if name]
-
-
-def find_module(model: nn.Module, name: str) -> nn.Module:
-    """The module of ``model`` called ``name`` (dotted, as in ``named_modules()``)."""
-    modules = dict(model.named_modules())
-    if name and name in modules:
-        return modules[name]
-    close = difflib.get_close_matches(name, module_names(model), n=5, cutoff=0.6)
-    raise SparseAEError(
-        "module",
-        expected=f"the name of a module of {type(model).__name__}",
-        got=repr(name),
-        fix=(f"Close matches: {', '.join(close)}. " if close else "")
-        + "List every name with sparseae.data.activations.module_names(model) (or [n for n, _ in model.named_modules()]).",
-    )
 
 
 def _device_of(module: Any, default: torch.device) -> torch.device:
@@ -194,25 +173,25 @@ def _hf_texts(spec: str, column: str, split: str) -> Iterator[str]:
         yield row[column]
 
 
-def _sequences(tokenizer: Any, texts: Iterable[str], context_length: int) -> Iterator[list[int]]:
-    """Token ids of each document, cut into sequences of at most ``context_length``, each led by BOS (when there is one)."""
-    bos = tokenizer.bos_token_id
-    # BOS is prepended here rather than by the tokenizer, so that every cut of a long
-    # document starts with it too, and tokenizers that add it and those that don't agree.
-    lead = [] if bos is None else [bos]
-    step = context_length - len(lead)
+def _sequences(tokenizer: Any, texts: Iterable[str], context_length: int, framing: Framing) -> Iterator[list[int]]:
+    """Token ids of each document, cut into sequences of at most ``context_length``, each framed by ``framing``."""
+    # The special tokens are added here rather than by the tokenizer, so that every cut of a
+    # long document is framed too, and tokenizers that add them and those that don't agree.
+    step = context_length - len(framing.lead) - len(framing.tail)
     docs = iter(texts)
     while chunk := [t for t in itertools.islice(docs, _DOCS_PER_CALL) if t]:
         # verbose=False: long documents are cut below, so the "longer than the model's maximum" warning is noise.
         for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
             for i in range(0, len(ids), step):
-                yield lead + ids[i : i + step]
+                yield framing.frame(ids[i : i + step])
 
 
-def _batches(tokenizer: Any, texts: Iterable[str], context_length: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(
+    tokenizer: Any, texts: Iterable[str], context_length: int, batch_size: int, framing: Framing
+) -> Iterator[tuple[Tensor, Tensor]]:
     """``(input_ids, attention_mask)``, both ``(B, T)``, padded on the right to the batch's longest sequence."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    seqs = _sequences(tokenizer, texts, context_length)
+    seqs = _sequences(tokenizer, texts, context_length, framing)
     while batch := list(itertools.islice(seqs, batch_size)):
         width = max(map(len, batch))
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -223,12 +202,25 @@ def _batches(tokenizer: Any, texts: Iterable[str], context_length: int, batch_si
         yield ids, mask
 
 
-def _keep(mask: Tensor, tokenizer: Any, exclude_bos: bool) -> Tensor:
-    """Positions that give a row: real tokens, less BOS (position 0) when asked. Bool ``(B, T)``."""
+def _keep(mask: Tensor, framing: Framing, exclude_special: bool) -> Tensor:
+    """Positions that give a row: real tokens, less the framing ones (BOS; [CLS] and [SEP]) when asked. Bool ``(B, T)``."""
     keep = mask.bool()  # a new tensor: mask is integer
-    if exclude_bos and tokenizer.bos_token_id is not None:
-        keep[:, 0] = False
+    if exclude_special:
+        keep[:, : len(framing.lead)] = False
+        if framing.tail:  # the last real token of each sequence (right padding)
+            keep[torch.arange(len(mask)), mask.sum(1) - 1] = False
     return keep
+
+
+def _check_framing(framing: Framing, context_length: int) -> None:
+    n = len(framing.lead) + len(framing.tail)
+    if context_length <= n:
+        raise SparseAEError(
+            "context_length",
+            expected=f"more than {n} (the special tokens around each sequence) so that a sequence holds a token",
+            got=context_length,
+            fix=f"Set context_length to at least {n + 1}.",
+        )
 
 
 def _check_sizes(context_length: int, batch_size: int) -> None:
@@ -253,17 +245,31 @@ def _check_context(model: nn.Module, context_length: int) -> None:
 
 
 class _StopForward(Exception):
-    """Raised by the hook once it has the module's output, to skip the rest of the forward pass."""
+    """Raised by a hook once every hooked module has given its output, to skip the rest of the forward pass."""
 
 
 def _first(output: Any) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def iter_activations(
+def _per_token(name: str, output: Any, shape: tuple[int, int]) -> Tensor:
+    """A hooked module's output ``(B, T, d)`` (or the first item of the tuple it returns), checked."""
+    out = output[0] if isinstance(output, tuple) and output else output
+    if isinstance(out, Tensor) and out.dim() == 3 and tuple(out.shape[:2]) == shape:
+        return out
+    what = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}, not a tensor"
+    raise SparseAEError(
+        f"module {name!r}",
+        expected=f"an output of shape (batch, tokens, d) = {shape} + (d,), or a tuple that starts with one",
+        got=what + (" (the first item of its tuple)" if isinstance(output, tuple) else ""),
+        fix="Hook a module that keeps one vector per token (a block, an MLP, an attention output).",
+    )
+
+
+def iter_activations_per_module(
     model: nn.Module,
     tokenizer: Any,
-    module_name: str,
+    modules: str | Sequence[str],
     texts: Iterable[str],
     *,
     context_length: int = 128,
@@ -272,72 +278,102 @@ def iter_activations(
     max_tokens: int | None = None,
     stop_early: bool = True,
     tokens: TokenLog | None = None,
-) -> Iterator[Tensor]:
-    """The output of ``module_name`` at every real token of ``texts``, one float32 CPU tensor ``(n_tokens, d_model)`` per batch.
+) -> Iterator[dict[str, Tensor]]:
+    """The outputs of several modules at every real token of ``texts``, from one forward pass per batch.
 
-    Rows come in text order (sequence by sequence, position by position); padding never
-    gives a row, nor BOS when ``exclude_bos``. Exactly ``max_tokens`` rows in all (fewer if
-    the text runs out). ``stop_early=False`` runs the whole model, for comparison only.
-    ``tokens``, if given, records the sequence and position of every row, and every token of those sequences.
+    ``modules``: names, a comma list or glob patterns (`resolve_modules`). Per batch, a dict from
+    module name (in the model's order) to a float32 CPU tensor ``(n_tokens, d)``; row ``i`` of
+    every tensor is the same token. Rows come in text order (sequence by sequence, position by
+    position); padding never gives a row, nor the special tokens framing each sequence (BOS;
+    an encoder's [CLS] and [SEP]) when ``exclude_bos``. Exactly ``max_tokens`` rows in all (fewer
+    if the text runs out). The forward pass stops once the last of the modules has run;
+    ``stop_early=False`` runs the whole model, for comparison only. ``tokens``, if given,
+    records the sequence and position of every row, and every token of those sequences.
     """
     _check_sizes(context_length, batch_size)
-    module = find_module(model, module_name)
+    names = resolve_modules(model, modules if isinstance(modules, str) else ",".join(modules))
     _check_context(model, context_length)
+    framing = Framing.of(model, tokenizer)
+    _check_framing(framing, context_length)
     device = _device_of(model, torch.device("cpu"))
-    captured: list[Tensor] = []
+    extra = {"use_cache": False} if is_causal_lm(model) else {}
+    captured: dict[str, Tensor] = {}
+    current: dict[str, Any] = {}  # the shape (B, T) and the positions kept (B, T) of the batch in the model
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        captured.append(_first(output))
-        if stop_early:
-            raise _StopForward
+    def hook(name: str) -> Any:
+        def grab(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if name in captured:  # a module that runs twice gives its first output
+                return
+            out = _per_token(name, output, current["shape"])  # (B, T, d)
+            captured[name] = out[current["keep"].to(out.device)]  # (n, d): a copy, row-major over keep
+            if stop_early and len(captured) == len(names):
+                raise _StopForward
 
+        return grab
+
+    modules_by_name = dict(model.named_modules())
+    handles = [modules_by_name[name].register_forward_hook(hook(name)) for name in names]
     left = math.inf if max_tokens is None else max_tokens
-    handle = module.register_forward_hook(hook)
     try:
-        for ids, mask in _batches(tokenizer, texts, context_length, batch_size):
+        for ids, mask in _batches(tokenizer, texts, context_length, batch_size, framing):
             captured.clear()
+            keep = _keep(mask, framing, exclude_bos)  # (B, T)
+            current.update(shape=tuple(ids.shape), keep=keep)
             with torch.no_grad():
                 try:
-                    model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                    model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra)
                 except _StopForward:
                     pass
-            if not captured:
+            missing = [name for name in names if name not in captured]
+            if missing:
                 raise SparseAEError(
-                    f"module {module_name!r}",
+                    f"module {missing[0]!r}",
                     expected="a module that the forward pass runs",
                     got="one that it never called",
-                    fix="Hook a module on the path from the tokens to the logits (a block, its MLP or attention).",
+                    fix="Hook a module on the path from the tokens to the output (a block, its MLP or attention).",
                 )
-            out = captured[0]  # (B, T, d)
-            if out.dim() != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
-                raise SparseAEError(
-                    f"module {module_name!r}",
-                    expected=f"an output of shape (batch, tokens, d) = {tuple(ids.shape)} + (d,)",
-                    got=f"shape {tuple(out.shape)}",
-                    fix="Hook a module that keeps one vector per token (a block, an MLP, an attention output).",
-                )
-            keep = _keep(mask, tokenizer, exclude_bos)  # (B, T)
-            rows = out[keep.to(out.device)]  # (n, d), row-major over keep
-            rows = rows[: int(min(left, len(rows)))].float().cpu()
+            n = int(min(left, int(keep.sum())))
             if tokens is not None:
-                tokens.add(ids, mask, keep, len(rows))
-            left -= len(rows)
-            if len(rows):
-                yield rows
+                tokens.add(ids, mask, keep, n)
+            left -= n
+            if n:
+                yield {name: captured[name][:n].float().cpu() for name in names}
             if left <= 0:  # before the next batch is tokenised
                 break
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
-def _collect(
+def _only(names: list[str]) -> str:
+    if len(names) != 1:
+        raise SparseAEError(
+            "module",
+            expected="one module (one tensor of rows per batch)",
+            got=f"{len(names)}: {', '.join(names)}",
+            fix="Name one module, or collect several with iter_activations_per_module (cache_activations writes one cache each).",
+        )
+    return names[0]
+
+
+def iter_activations(model: nn.Module, tokenizer: Any, module_name: str, texts: Iterable[str], **kwargs: Any) -> Iterator[Tensor]:
+    """The output of one module ``module_name`` at every real token of ``texts``, one float32 CPU tensor
+    ``(n_tokens, d_model)`` per batch; the keywords and rows are those of `iter_activations_per_module`."""
+    name = _only(resolve_modules(model, module_name))
+    for rows in iter_activations_per_module(model, tokenizer, [name], texts, **kwargs):
+        yield rows[name]
+
+
+def _collect_per_module(
     config: ActivationConfig, model: nn.Module, tokenizer: Any, max_tokens: int, tokens: TokenLog | None = None
-) -> Iterator[Tensor]:
+) -> Iterator[dict[str, Tensor]]:
     texts = read_texts(config.text, text_column=config.text_column, split=config.split)
     kwargs = dict(context_length=config.context_length, batch_size=config.batch_size, exclude_bos=config.exclude_bos)
     got = 0
-    for rows in iter_activations(model, tokenizer, config.module, texts, max_tokens=max_tokens, tokens=tokens, **kwargs):
-        got += len(rows)
+    for rows in iter_activations_per_module(
+        model, tokenizer, config.module, texts, max_tokens=max_tokens, tokens=tokens, **kwargs
+    ):
+        got += len(next(iter(rows.values())))
         yield rows
     if got == 0:
         raise SparseAEError(
@@ -345,8 +381,16 @@ def _collect(
         )
 
 
+def _collect(
+    config: ActivationConfig, model: nn.Module, tokenizer: Any, max_tokens: int, tokens: TokenLog | None = None
+) -> Iterator[Tensor]:
+    name = _only(resolve_modules(model, config.module))
+    for rows in _collect_per_module(config, model, tokenizer, max_tokens, tokens):
+        yield rows[name]
+
+
 def collect(config: ActivationConfig) -> Iterator[Tensor]:
-    """Load ``config.model`` and yield the rows ``config`` describes.
+    """Load ``config.model`` and yield the rows of ``config.module`` (one module) that ``config`` describes.
 
     Float32 CPU tensors ``(n, d_model)``, one per forward pass, ``config.tokens`` rows in all.
     """
@@ -354,42 +398,91 @@ def collect(config: ActivationConfig) -> Iterator[Tensor]:
     yield from _collect(config, model, tokenizer, config.tokens)
 
 
+def collect_per_module(config: ActivationConfig) -> Iterator[dict[str, Tensor]]:
+    """Load ``config.model`` and yield, per forward pass, the rows of each module ``config.module`` names
+    (a name, a comma list or glob patterns): ``{module name: (n, d)}``, the same tokens in every tensor."""
+    model, tokenizer = load_lm(config.model, config.device)
+    yield from _collect_per_module(config, model, tokenizer, config.tokens)
+
+
 def cache_activations(config: ActivationConfig, out: str | Path, *, rows_per_shard: int = 65_536, progress: bool = True) -> Path:
     """Collect the rows ``config`` describes into a shard directory ``out`` (new or empty); returns ``out``.
 
     Read it back with `sparseae.data.shards.ShardReader`. The manifest's metadata
     holds ``config`` (under ``"config"``, loadable with ``from_dict(ActivationConfig, ...)``),
-    ``d_model``, ``rows``, ``seconds`` and ``tokens_per_s``. Text with fewer tokens than
-    ``config.tokens`` gives a smaller cache, with a warning. The document, position and
-    token of every row are written beside the shards (`sparseae.data.tokens`; read with
-    ``read_tokens``, or ``load_data`` fills ``Dataset.test_rows``).
+    ``causal`` (whether the model has an unembedding: CE loss recovered and logit tables need
+    one), ``model_class``, ``d_model``, ``rows``, ``seconds`` and ``tokens_per_s``. Text with
+    fewer tokens than ``config.tokens`` gives a smaller cache, with a warning. The document,
+    position and token of every row are written beside the shards (`sparseae.data.tokens`;
+    read with ``read_tokens``, or ``load_data`` fills ``Dataset.test_rows``).
+
+    When ``config.module`` is a comma list or a pattern, every module it names is collected
+    in the same forward passes into its own cache ``out/<module name>/`` (each as above, its
+    ``config.module`` that one name, and ``modules`` the names collected together).
     """
+    from sparseae.data.shards import claim
+
+    if not is_many(config.module):
+        with claim(out) as directory:  # before the model loads: a second process writing here is refused at once
+            model, tokenizer = load_lm(config.model, config.device)
+            _write_caches(config, {_only(resolve_modules(model, config.module)): directory}, model, tokenizer,
+                          rows_per_shard, progress)  # fmt: skip
+            return directory
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SparseAEError(
+            str(out), expected="a new or empty directory for the caches", got="a file or a directory that holds files",
+            fix="Choose another directory.",
+        )  # fmt: skip
+    model, tokenizer = load_lm(config.model, config.device)
+    names = resolve_modules(model, config.module)
+    with contextlib.ExitStack() as stack:
+        directories = {name: stack.enter_context(claim(out / name)) for name in names}
+        _write_caches(config, directories, model, tokenizer, rows_per_shard, progress)
+    return out
+
+
+def _write_caches(
+    config: ActivationConfig, directories: dict[str, Path], model: nn.Module, tokenizer: Any, rows_per_shard: int, progress: bool
+) -> None:
+    """One forward pass per batch; each module's rows into its directory (held with ``claim``), token files beside each."""
     from tqdm.auto import tqdm
 
-    from sparseae.data.shards import claim, write_into
+    from sparseae.data.shards import write_into
 
+    names, causal = list(directories), is_causal_lm(model)
     # write_into serialises ``metadata`` when it writes the manifest, after the last
-    # row: filling the dict in as the rows run out records the measured speed in it.
-    metadata: dict[str, Any] = {"source": "lm-activations", "config": to_dict(config)}
+    # row: filling the dicts in as the rows run out records the measured speed in them.
+    shared = {"source": "lm-activations", "causal": causal, "model_class": type(model).__name__}
+    shared |= {"modules": names} if len(names) > 1 else {}
+    metadata = {name: {**shared, "config": to_dict(dataclasses.replace(config, module=name))} for name in names}
 
-    def rows(directory: Path, model: nn.Module, tokenizer: Any) -> Iterator[Tensor]:
-        start, n, d_model = time.perf_counter(), 0, 0
+    def batches() -> Iterator[dict[str, Tensor]]:
+        start, n, widths = time.perf_counter(), 0, {}
         tokens = TokenLog()
+        together = dataclasses.replace(config, module=",".join(names))
         with tqdm(total=config.tokens, unit="tok", disable=not progress, desc="activations") as bar:
-            for batch in _collect(config, model, tokenizer, config.tokens, tokens):
-                n, d_model = n + len(batch), batch.shape[1]
-                bar.update(len(batch))
-                yield batch
-        # before the manifest, which write_into writes last
-        write_tokens(directory, tokens.token_rows(tokenizer, config.model, dtype=torch.int32))
+            for rows in _collect_per_module(together, model, tokenizer, config.tokens, tokens):
+                widths = {name: r.shape[1] for name, r in rows.items()}
+                n += len(rows[names[0]])
+                bar.update(len(rows[names[0]]))
+                yield rows
+        # before the manifests, which write_into writes last
+        token_rows = tokens.token_rows(tokenizer, config.model, dtype=torch.int32)
         seconds = time.perf_counter() - start
-        metadata.update(d_model=d_model, rows=n, seconds=round(seconds, 3), tokens_per_s=round(n / seconds, 1))
+        for name, directory in directories.items():
+            write_tokens(directory, token_rows, causal=causal)
+            metadata[name].update(d_model=widths[name], rows=n, seconds=round(seconds, 3), tokens_per_s=round(n / seconds, 1))
         if n < config.tokens:
             log.warning("%s holds %d tokens, fewer than the %d asked for: the cache is smaller.", config.text, n, config.tokens)
 
-    with claim(out) as directory:  # before the model loads: a second process writing here is refused at once
-        return write_into(rows(directory, *load_lm(config.model, config.device)), directory, rows_per_shard=rows_per_shard,
-                          metadata=metadata)  # fmt: skip
+    def writer(name: str) -> Callable[[Iterable[Tensor]], Any]:
+        return lambda rows: write_into(rows, directories[name], rows_per_shard=rows_per_shard, metadata=metadata[name])
+
+    if len(names) == 1:
+        writer(names[0])(rows[names[0]] for rows in batches())
+    else:
+        fan_out(batches(), {name: writer(name) for name in names})
 
 
 # --- training straight from the model -----------------------------------------------------------------------------------
@@ -536,8 +629,16 @@ def ce_loss_recovered(
     At most ``max_batches`` batches of ``batch_size`` sequences are used.
     """
     _check_sizes(context_length, batch_size)
+    if not is_causal_lm(model):
+        raise SparseAEError(
+            "CE loss recovered",
+            expected="a causal language model (one that predicts the next token through an unembedding)",
+            got=f"{type(model).__name__}, which has no next-token loss (an encoder)",
+            fix="It does not apply to encoder models: leave out --ce-loss, and judge the SAE by its FVU and sparsity.",
+        )
     module = find_module(model, module_name)
     _check_context(model, context_length)
+    framing = Framing.of(model, tokenizer)
     device = _device_of(model, torch.device("cpu"))
     sae_device = _device_of(sae, device)
     # What the hook does on the current run: nothing ("clean"), the SAE ("sae") or zeros
@@ -573,8 +674,8 @@ def ce_loss_recovered(
     count = 0
     handle = module.register_forward_hook(replace)
     try:
-        for ids, mask in itertools.islice(_batches(tokenizer, texts, context_length, batch_size), max_batches):
-            run["keep"] = _keep(mask, tokenizer, exclude_bos)
+        for ids, mask in itertools.islice(_batches(tokenizer, texts, context_length, batch_size, framing), max_batches):
+            run["keep"] = _keep(mask, framing, exclude_bos)
             # Right padding: a real target always follows a real input, so masking targets is enough.
             targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)  # (B, T-1)
             for mode in sums:

@@ -22,11 +22,14 @@ class ActivationConfig:
     """Which activations of which language model, computed on which text."""
 
     model: str
-    """Hugging Face model name (e.g. gpt2) or a local directory saved with save_pretrained."""
+    """Hugging Face model name (e.g. gpt2, sentence-transformers/all-MiniLM-L6-v2) or a local directory saved with
+    save_pretrained: a causal language model, or an encoder such as BERT (loaded without a head; no CE loss recovered)."""
     module: str
     """Dotted name of the module whose output is collected, e.g. transformer.h.6: the output of a GPT-2 block is the residual
     stream after that block (block i = hidden_states[i + 1] of the model, except the last block, whose hidden state Hugging Face
-    reports after the final layer norm)."""
+    reports after the final layer norm); BERT's encoder.layer.i is hidden_states[i + 1]. Several modules, collected in one
+    forward pass: a comma list or glob patterns, matched one dotted part at a time (encoder.layer.* is BERT's layers,
+    transformer.h.*.mlp GPT-2's MLPs); cache-activations writes one cache per module, under OUT/<module name>/."""
     text: str
     """The documents: a .txt file (documents separated by blank lines), a directory of .txt files (read recursively, in sorted
     order), or hf:<dataset>[:<config>] for a Hugging Face data set (streamed)."""
@@ -35,14 +38,16 @@ class ActivationConfig:
     split: str = "train"
     """Split of the Hugging Face data set."""
     context_length: int = 128
-    """Tokens per sequence, BOS included; longer documents are cut into several sequences, each starting with BOS."""
+    """Tokens per sequence, BOS (an encoder's [CLS] and [SEP]) included; longer documents are cut into several sequences,
+    each starting with BOS (each framed by [CLS] and [SEP])."""
     tokens: int = 1_000_000
     """How many activation rows (tokens) to collect."""
     batch_size: int = 8
     """Sequences per forward pass."""
     exclude_bos: bool = True
     """Leave the BOS position out of the rows (and unreplaced when measuring CE loss recovered): its activation is an outlier
-    that no document token resembles. No effect when the tokenizer has no BOS token."""
+    that no document token resembles. No effect when the tokenizer has no BOS token. For an encoder, the [CLS] and [SEP] that
+    frame each sequence are left out: the rows are the real word pieces."""
     device: str = "auto"
     """Where the language model runs: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
 
@@ -51,6 +56,13 @@ class ActivationConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise SparseAEError(name, expected="a non-empty string", got=repr(value), fix=f"Set {name}.")
+        if any(not part.strip() for part in self.module.split(",")):
+            raise SparseAEError(
+                "module",
+                expected="module names or patterns, comma-separated",
+                got=repr(self.module),
+                fix="Leave out the empty item, e.g. encoder.layer.2,encoder.layer.4.",
+            )
         if self.text.startswith("hf:") and not self.text[3:].split(":")[0]:
             raise SparseAEError(
                 "text",

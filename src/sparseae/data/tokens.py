@@ -2,10 +2,11 @@
 
 A *document* is one sequence fed to the model: BOS (when the tokenizer has one) and at most
 ``context_length - 1`` tokens of one text; a longer text is cut into several documents
-(see `sparseae.data.activations`). A row's position indexes its document's sequence, so
-with a BOS token position 0 is BOS (never a row under ``exclude_bos``) and the first
-token of the text is position 1. Every token of a document is kept, whether or not it
-gave a row; padding is not part of any document.
+(see `sparseae.data.activations`). An encoder's sequence is framed as it was trained,
+``[CLS]``, at most ``context_length - 2`` tokens, ``[SEP]``. A row's position indexes its
+document's sequence, so with a BOS (or [CLS]) token position 0 is that token (never a row
+under ``exclude_bos``, nor is [SEP]) and the first token of the text is position 1. Every
+token of a document is kept, whether or not it gave a row; padding is not part of any document.
 
 On disk, beside a shard cache's ``manifest.json``::
 
@@ -13,7 +14,8 @@ On disk, beside a shard cache's ``manifest.json``::
                         token_ids (T,) int32: every document's tokens, one after another;
                         offsets (D + 1,) int64: document i is token_ids[offsets[i]:offsets[i + 1]]
     tokens.json         {"format": "sparseae-tokens", "version": 1, "tokenizer": ..., "model": ...,
-                         "document": "sequence", "rows": N, "documents": D, "vocab": {"<id>": "<text>", ...}}
+                         "document": "sequence", "rows": N, "documents": D, "vocab": {"<id>": "<text>", ...},
+                         "causal": true | false}  (whether the model has an unembedding; absent in older caches)
 
 ``vocab`` holds the text of each token id present (see `token_texts`). A cache written
 before token ids were recorded has neither file, and loads without them.
@@ -92,8 +94,9 @@ def token_texts(tokenizer: Any, ids: list[int]) -> dict[int, str]:
     return texts
 
 
-def write_tokens(directory: Path, rows: TokenRows) -> None:
-    """Write ``rows`` beside a shard cache in ``directory`` (its two files; see the module's docstring)."""
+def write_tokens(directory: Path, rows: TokenRows, *, causal: bool | None = None) -> None:
+    """Write ``rows`` beside a shard cache in ``directory`` (its two files; see the module's docstring);
+    ``causal``: whether the model has an unembedding (kept in ``tokens.json``, when known)."""
     from safetensors.torch import save
 
     docs = rows.documents
@@ -106,6 +109,8 @@ def write_tokens(directory: Path, rows: TokenRows) -> None:
     atomic_write(directory / TOKENS_FILE, save(tensors))
     index = {"format": FORMAT, "version": VERSION, "tokenizer": docs.tokenizer, "model": docs.model, "document": "sequence",
              "rows": len(rows), "documents": len(docs), "vocab": {str(k): v for k, v in sorted(docs.vocab.items())}}  # fmt: skip
+    if causal is not None:
+        index["causal"] = causal
     write_json(directory / INDEX_FILE, index)
 
 
