@@ -10,6 +10,7 @@ import torch
 
 from conftest import DOCS
 from sparseae._config import from_dict
+from sparseae.data import DataConfig, load_data
 from sparseae.data.activations import (
     ActivationConfig,
     cache_activations,
@@ -246,6 +247,10 @@ def test_cache_of_two_encoder_layers_in_one_pass(minilm_dir, text_file, tmp_path
         tokens.append(read_tokens(out / name, 150))
     assert torch.equal(tokens[0].token_ids(), tokens[1].token_ids()) and len(tokens[0]) == 150
     assert torch.equal(tokens[0].documents.token_ids, tokens[1].documents.token_ids)
+    with pytest.raises(SparseAEError, match=r"expected one shard cache .* got a folder of 2 caches, one per module: "
+                                             r"encoder\.layer\.2, encoder\.layer\.4\. Pass one of them"):  # fmt: skip
+        load_data(DataConfig(str(out)))
+    assert load_data(DataConfig(str(out / "encoder.layer.2"))).test_rows.tokens is not None
 
 
 def test_a_causal_cache_says_so(lm_cache):

@@ -454,7 +454,7 @@ def _write_caches(
     # write_into serialises ``metadata`` when it writes the manifest, after the last
     # row: filling the dicts in as the rows run out records the measured speed in them.
     shared = {"source": "lm-activations", "causal": causal, "model_class": type(model).__name__}
-    shared |= {"modules": names} if len(names) > 1 else {}
+    shared |= {"modules": names} if is_many(config.module) else {}
     metadata = {name: {**shared, "config": to_dict(dataclasses.replace(config, module=name))} for name in names}
 
     def batches() -> Iterator[dict[str, Tensor]]:

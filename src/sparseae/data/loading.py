@@ -98,6 +98,14 @@ def _load_other(source: str, path: Path, config: DataConfig) -> Dataset:
     if source == "lm":
         return _load_lm(config)
     if path.is_dir():
+        caches = sorted(p for p in path.iterdir() if p.is_dir() and is_shard_dir(p))
+        if caches:  # cache-activations with several modules writes one cache per module
+            raise SparseAEError(
+                str(path),
+                expected="one shard cache (a directory with manifest.json)",
+                got=f"a folder of {len(caches)} caches, one per module: {', '.join(p.name for p in caches)}",
+                fix=f"Pass one of them, e.g. --data {caches[0]}.",
+            )
         if any(path.glob("train-images-idx3-ubyte*")):
             return load_mnist(path)
         from sparseae.data.images import load_image_folder
