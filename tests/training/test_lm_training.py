@@ -101,3 +101,16 @@ def test_stream_take_limits_tokens(lm_dir, corpus):
     stream = ActivationStream(lm_config(lm_dir, corpus))
     assert len(stream.take(100)) == 100
     assert sum(len(b) for b in stream.take(100).batches(16, 0, 0)) == 100
+
+
+def test_cache_activations_for_two_modules_from_the_cli(lm_dir, corpus, tmp_path, capsys):
+    # A glob: one forward pass, one cache per module under out/<module>/, one line each.
+    flags = ["--lm-model", str(lm_dir), "--lm-module", "transformer.h.*", "--lm-text", str(corpus), "--lm-device", "cpu",
+             "--lm-context-length", "32", "--lm-tokens", "256"]  # fmt: skip
+    cache = tmp_path / "cache"
+    assert main(["cache-activations", *flags, "--out", str(cache), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    modules = sorted(p.name for p in cache.iterdir())
+    assert len(modules) >= 2 and len(lines) == len(modules), (modules, lines)
+    assert all(line.startswith("cached 256 rows of width 32 in ") for line in lines)
+    assert [line.split(" in ")[1].split(" (")[0] for line in lines] == [str(cache / m) for m in modules]

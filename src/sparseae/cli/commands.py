@@ -18,7 +18,7 @@ from sparseae._config import from_dict
 from sparseae.cli.flags import arg_type, hyperparameters
 from sparseae.data import ActivationConfig, DataConfig, Dataset, load_data
 from sparseae.data.inputs import TABLE_SUFFIXES, absolute_source, read_inputs, table_options
-from sparseae.data.shards import ShardReader
+from sparseae.data.shards import ShardReader, is_shard_dir
 from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check, positive_int
 from sparseae.io import CODE_SUFFIXES, atomic_write, load, read_json, save_codes
@@ -161,9 +161,11 @@ def lm_config(lm: argparse.Namespace) -> ActivationConfig:
 def cache_activations(args: argparse.Namespace) -> int:
     from sparseae.data.activations import cache_activations as cache_lm_activations
 
-    out = cache_lm_activations(lm_config(args.lm), args.out, rows_per_shard=args.rows_per_shard, progress=not args.quiet)
-    meta = ShardReader(out).metadata
-    print(f"cached {meta.get('rows')} rows of width {meta.get('d_model')} in {out} ({meta.get('tokens_per_s')} tokens/s)")
+    out = Path(cache_lm_activations(lm_config(args.lm), args.out, rows_per_shard=args.rows_per_shard, progress=not args.quiet))
+    # One module: a cache at out; several (a list or glob): one cache per module under out/<module>/.
+    for cache in [out] if is_shard_dir(out) else sorted(p for p in out.iterdir() if is_shard_dir(p)):
+        meta = ShardReader(cache).metadata
+        print(f"cached {meta.get('rows')} rows of width {meta.get('d_model')} in {cache} ({meta.get('tokens_per_s')} tokens/s)")
     return 0
 
 
