@@ -270,4 +270,11 @@ def test_no_logit_tables_without_a_fitting_unembedding(lm_dir, caplog):
     named = Documents(documents.token_ids, documents.offsets, documents.vocab, str(lm_dir), model=str(lm_dir))
     w_u, _ = unembedding(named, 32)
     assert w_u.shape[1] == 32
-    assert unembedding(named, 7) is None and "no unembedding of width 7" in caplog.text  # an SAE on another width
+    assert unembedding(named, 7) is None and "unembedding is 32 wide, the SAE's input 7" in caplog.text  # another width
+
+
+def test_no_logit_tables_for_an_encoder_model(minilm_dir, caplog):
+    from sparseae.report.meaning import unembedding
+
+    named = Documents(torch.tensor([0, 1]), torch.tensor([0, 2]), {0: "a", 1: "b"}, str(minilm_dir), model=str(minilm_dir))
+    assert unembedding(named, 384) is None and "is an encoder (BertModel), with no unembedding" in caplog.text

@@ -114,8 +114,12 @@ def unembedding(documents: Documents | None, d_in: int) -> tuple[Tensor, Any] | 
         log.warning("no logit tables: %s", e)
         return None
     head = lm.get_output_embeddings()
-    if head is None or head.weight.shape[1] != d_in:
-        log.warning("no logit tables: %s has no unembedding of width %d", documents.model, d_in)
+    if head is None:
+        log.warning("no logit tables: %s is an encoder (%s), with no unembedding", documents.model, type(lm).__name__)
+        return None
+    if head.weight.shape[1] != d_in:
+        log.warning("no logit tables: %s's unembedding is %d wide, the SAE's input %d", documents.model,
+                    head.weight.shape[1], d_in)  # fmt: skip
         return None
     return head.weight.detach().float(), tokenizer
 
