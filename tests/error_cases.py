@@ -1115,13 +1115,14 @@ CASES: list[Case] = [
     *_in("sweep", [
         Case(
             "sweep-unknown-param", "sweep over a setting that does not exist", "sweep --param kk --values 1,2",
-            "--param: expected a hyperparameter of topk (…) or a model field (…), got 'kk'. Pick one of those.",
+            "--param: expected a hyperparameter of topk (…), a model field (…) or a training setting (lr, seed, … as in "
+            "--help), got 'kk'. Did you mean k?",
             lambda tmp, env: _sweep(env, tmp, "kk", "1,2"),
         ),
         Case(
-            "sweep-bad-values", "sweep values of the wrong type", "sweep --param k --values 4,many",
-            "--values: expected int, got '4,many'. Give comma-separated values of k.",
-            lambda tmp, env: _sweep(env, tmp, "k", "4,many"),
+            "sweep-bad-values", "sweep values of the wrong type", "sweep --param lr --values 1e-3,fast",
+            "--values of lr: expected float, got 'fast' (in '1e-3,fast'). Give comma-separated values of lr.",
+            lambda tmp, env: _sweep(env, tmp, "lr", "1e-3,fast"),
         ),
         Case(
             "sweep-value-out-of-range", "A swept value out of range", "sweep --param k --values 0,4",
@@ -1130,8 +1131,19 @@ CASES: list[Case] = [
         ),
         Case(
             "sweep-no-values", "sweep with no values", "sweep --param k --values ,",
-            "--values: expected one or more comma-separated values, got ','. E.g. 8,16,32.",
+            "--values of k: expected one or more comma-separated values, got ','. E.g. 8,16,32.",
             lambda tmp, env: _sweep(env, tmp, "k", ","),
+        ),
+        Case(
+            "sweep-shared-setting", "sweep over a setting the models share", "sweep --param batch-size --values 64,128",
+            "--param: expected a setting that may differ between models that take the same batches, got 'batch-size', "
+            "which every model of a sweep shares. Run one sweep per batch_size.",
+            lambda tmp, env: _sweep(env, tmp, "batch-size", "64,128"),
+        ),
+        Case(
+            "sweep-grid-unpaired", "A grid with a --param that has no --values", "sweep --param k --values 2,4 --param lr",
+            "--values: expected one --values after each --param, got 2 --param and 1 --values.",
+            lambda tmp, env: [*_sweep(env, tmp, "k", "2,4"), "--param", "lr"],
         ),
     ]),
 ]  # fmt: skip

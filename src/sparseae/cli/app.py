@@ -127,7 +127,7 @@ def build_parser(argv: list[str], chosen: Chosen | None = None) -> argparse.Argu
         return sub.add_parser(name, parents=[common], **kwargs)
 
     _add_train(command("train", help="Train a model (default: the Keras MNIST model).", description=_TRAIN_DOC), chosen)
-    _add_sweep(command("sweep", help="Train a family of models that differ in one setting, in one pass.",
+    _add_sweep(command("sweep", help="Train a family of models that differ in some settings, in one pass.",
                        description=_SWEEP_DOC), chosen)  # fmt: skip
     _add_eval(command("eval", help="Recompute a run's test metrics."))
     _add_export(command("export", help="Write a trained model as ONNX, as SAELens files, or as a Hub folder."))
@@ -146,8 +146,10 @@ model.safetensors + cfg.json, checkpoint.safetensors, reconstructions.png).
 With no arguments: the Keras blog's convolutional sparse autoencoder on MNIST.
 With --config RUN/config.json: train that run again (flags given beside it change it)."""
 
-_SWEEP_DOC = """Train models that differ only in --param, feeding each batch to all of them (one pass
-over the data), and write their runs plus compare.html (the L0-FVU frontier and a table)."""
+_SWEEP_DOC = """Train models that differ only in --param (a grid over several), feeding each batch to all of
+them (one pass over the data), and write their runs plus compare.html (the L0-FVU frontier and a table).
+Each model has its own optimizer and schedule; a swept --seed seeds each model's initialisation, while
+the data order stays that of --seed (or --data-seed) for all, as the batches are shared."""
 
 _LM_DOC = """Train on the activations of a Hugging Face causal language model (pip install 'sparseae[lm]'),
 computed as training goes; to train several epochs, write them once with `sparseae cache-activations`
@@ -171,9 +173,24 @@ def _add_train(p: argparse.ArgumentParser, chosen: Chosen) -> None:
 
 def _add_sweep(p: argparse.ArgumentParser, chosen: Chosen) -> None:
     _add_training_args(p, chosen)
-    p.add_argument("--param", required=True, help="The setting that varies: a constraint hyperparameter or model field, e.g. k.")
-    p.add_argument("--values", required=True, help="Its values, comma-separated, e.g. 8,16,32,64.")
-    p.add_argument("--out", type=Path, help="Directory for the runs and compare.html (default: runs/sweep-<time>-<param>).")
+    p.add_argument(
+        "--param",
+        required=True,
+        action="append",
+        help="A setting that varies: a constraint hyperparameter, "
+        "model field or training setting (e.g. k, n-latents, lr, seed); give several for a grid.",
+    )
+    p.add_argument(
+        "--values",
+        required=True,
+        action="append",
+        help="Its values, comma-separated, e.g. 8,16,32,64; one --values after each --param.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="Directory for the runs (named like k=16,lr=0.0001) and compare.html (default: runs/sweep-<time>-<params>).",
+    )
     p.set_defaults(run=commands.sweep)
     if chosen.config and chosen.command == "sweep":
         apply_config(p, chosen.values, chosen.config)

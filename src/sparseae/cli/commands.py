@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import io
+import itertools
 import logging
 import time
 import typing
@@ -30,6 +32,7 @@ from sparseae.training import TrainConfig, probe, resume
 from sparseae.training import evaluate as evaluate_model
 from sparseae.training import sweep as sweep_models
 from sparseae.training import train as train_model
+from sparseae.training.loop import SHARED
 
 log = logging.getLogger("sparseae")
 
@@ -61,56 +64,90 @@ def train(args: argparse.Namespace) -> int:
 def sweep(args: argparse.Namespace) -> int:
     config, data, name = _setup(args)
     hp, model_fields = vars(args.hp), _model_fields(args)
-    key, values = _swept(args, name)
-    models = {}
-    for value in values:
-        params, fields = dict(hp), dict(model_fields)
-        (params if key in hp else fields)[key] = value
+    grid = _swept(args, name)
+    models, configs = {}, {}
+    for combo in itertools.product(*([(key, v) for v in values] for key, values in grid)):
+        setting = dict(combo)
+        label = ",".join(f"{key}={value}" for key, value in combo)
+        params = {**hp, **{k: v for k, v in setting.items() if k in hp}}
+        fields = {**model_fields, **{k: v for k, v in setting.items() if k in vars(args.model_fields)}}
+        own = dataclasses.replace(config, **{k: v for k, v in setting.items() if k in vars(args.train)})
         sparsity = build_sparsity(name, **params)
-        models[f"{key}={value}"] = build_preset(
-            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **fields
-        )
-    out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{key}"
+        models[label] = build_preset(args.model, data.sample_shape, sparsity, seed=own.seed, preprocess=args.preprocess, **fields)
+        configs[label] = own
+    out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(key for key, _ in grid)}"
     start = time.perf_counter()
-    results = sweep_models(models, data, config, out, progress=not args.quiet)
+    results = sweep_models(models, data, config, out, configs=configs, progress=not args.quiet)
     seconds = time.perf_counter() - start
     page = write_comparison([r.run_dir for r in results.values()], Path(out) / "compare.html")
     print(f"sweep: {len(models)} models in {seconds:.1f}s -> {out}")
+    width = max(16, *map(len, results))
     for label, result in results.items():
         last = result.metrics[-1]
-        print(f"  {label:<16} L0 {last['test_l0']:8.2f}  FVU {last['test_fvu']:.4f}  dead {last['test_dead_units']}")
+        print(f"  {label:<{width}} L0 {last['test_l0']:8.2f}  FVU {last['test_fvu']:.4f}  dead {last['test_dead_units']}")
     print(f"comparison: {page}")
     return 0
 
 
-def _swept(args: argparse.Namespace, name: str) -> tuple[str, list[Any]]:
-    """``--param`` as a field name and ``--values`` parsed by its type."""
-    hp, settable = vars(args.hp), vars(args.model_fields)
-    key = args.param.replace("-", "_")
-    if key not in hp and key not in settable:
+def _swept(args: argparse.Namespace, name: str) -> list[tuple[str, list[Any]]]:
+    """Each ``--param`` as a field name with its ``--values`` parsed by its type, in the order given."""
+    check(len(args.param) == len(args.values), "--values", expected="one --values after each --param",
+          got=f"{len(args.param)} --param and {len(args.values)} --values", fix="E.g. --param k --values 16,32 "
+          "--param lr --values 1e-4,3e-4.")  # fmt: skip
+    grid = []
+    for param, text in zip(args.param, args.values, strict=True):
+        key = _setting(args, param, name)
+        check(key not in dict(grid), "--param", expected="each setting once", got=f"{key} twice",
+              fix=f"Give all the values of {key} in one --values.")  # fmt: skip
+        parse = _param_type(args, key, name)
+        values = []
+        for value in (v.strip() for v in text.split(",")):
+            if not value:
+                continue
+            try:
+                values.append(parse(value))
+            except argparse.ArgumentTypeError as e:
+                expected = str(e).split(", got")[0].removeprefix("expected ")
+                raise SparseAEError(f"--values of {key}", expected=expected, got=f"{value!r} (in {text!r})",
+                                    fix=f"Give comma-separated values of {key}.") from None  # fmt: skip
+        check(len(values) >= 1, f"--values of {key}", expected="one or more comma-separated values", got=repr(text),
+              fix="E.g. 8,16,32.")  # fmt: skip
+        grid.append((key, values))
+    return grid
+
+
+def _setting(args: argparse.Namespace, param: str, name: str) -> str:
+    """``--param`` as the name of a hyperparameter, model field or per-model training setting."""
+    hp, fields, train = vars(args.hp), vars(args.model_fields), vars(args.train)
+    key = param.strip().lstrip("-").replace("-", "_")
+    if key in SHARED or key == "data_seed":
         raise SparseAEError(
             "--param",
-            expected=f"a hyperparameter of {name} ({', '.join(hp) or 'none'}) or a model field ({', '.join(settable)})",
-            got=repr(args.param),
-            fix="Pick one of those.",
+            expected="a setting that may differ between models that take the same batches",
+            got=f"{param!r}, which every model of a sweep shares",
+            fix=f"Run one sweep per {key}.",
         )
-    parse = _param_type(args, key, name)
-    try:
-        values = [parse(v.strip()) for v in args.values.split(",") if v.strip()]
-    except argparse.ArgumentTypeError as e:
-        raise SparseAEError("--values", expected=str(e).split(", got")[0].removeprefix("expected "), got=repr(args.values),
-                            fix=f"Give comma-separated values of {key}.") from None  # fmt: skip
-    check(len(values) >= 1, "--values", expected="one or more comma-separated values", got=repr(args.values), fix="E.g. 8,16,32.")
-    return key, values
+    if key in hp or key in fields or key in train:
+        return key
+    close = difflib.get_close_matches(key, [*hp, *fields, *train], n=3, cutoff=0.6)
+    raise SparseAEError(
+        "--param",
+        expected=f"a hyperparameter of {name} ({', '.join(hp) or 'none'}), a model field ({', '.join(fields)}) "
+        "or a training setting (lr, seed, ... as in --help)",
+        got=repr(param),
+        fix=f"Did you mean {' or '.join(close)}?" if close else "Pick one of those.",
+    )
 
 
 def _param_type(args: argparse.Namespace, key: str, name: str) -> Any:
     """A parser for values of the swept setting, from its type annotation."""
     if key in vars(args.hp):
         hint = hyperparameters(name)[key][0]
-    else:
+    elif key in vars(args.model_fields):
         hints = typing.get_type_hints(get_preset(args.model).model.config_class)
         hint = hints.get(key, float)  # expansion_factor: an option of the preset, not a config field
+    else:
+        hint = typing.get_type_hints(TrainConfig)[key]
     return arg_type(hint, "--values")
 
 

@@ -38,7 +38,10 @@ class TrainConfig:
     outputs clipped to [1e-7, 1-1e-7] as in Keras), or 'half_sse' (half the squared
     error summed over an example's features, averaged over examples: Ng's J)."""
     seed: int = 0
-    """Seeds the data order (and the model's initialisation, from the CLI)."""
+    """Seeds the model's initialisation (from the CLI) and, unless --data-seed is set, the data order."""
+    data_seed: int | None = None
+    """Seeds the data order (the shuffled batches and the sample that initialises the model) apart from
+    --seed; unset: --seed. A sweep over --seed sets it, as its models share each batch."""
     device: str = "auto"
     """'auto' (CUDA, then Apple MPS, then CPU), or a torch device such as 'cpu', 'cuda:1'."""
     eval_batch_size: int = 1000
@@ -97,6 +100,11 @@ class TrainConfig:
             if lr is not None:
                 fields["lr"] = lr
         return cls(**fields)
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the data order: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

@@ -205,22 +205,22 @@ def _run(
         job.total_steps = total_steps
         job.model.set_epoch_rows(n)
     if prepare:
-        torch.manual_seed(config.seed)
         if isinstance(data.train, Stream):
-            sample = data.train.sample(PREPARE_SAMPLES, config.seed).to(device)
+            sample = data.train.sample(PREPARE_SAMPLES, config.order_seed).to(device)
         else:
-            sample = data.train[epoch_order(n, config.seed, -1)[:PREPARE_SAMPLES]].to(device)
+            sample = data.train[epoch_order(n, config.order_seed, -1)[:PREPARE_SAMPLES]].to(device)
         finite = torch.isfinite(sample.flatten(1)).all(1)
         if not finite.all():  # NaN rows must not set the initial biases; their steps are skipped later
             log.warning("%d of %d samples for initialisation are not finite; left out", int((~finite).sum()), len(sample))
             sample = sample[finite]
         for job in jobs:
+            torch.manual_seed(job.config.seed)  # each model's own, as if trained alone
             job.model.initialise(sample)
     for job in jobs:
         if job.window is not None:
             job.window.since = time.perf_counter()  # samples/s of training, not of the initialisation
     while step < total_steps:
-        batches = epoch_batches(data.train, config.batch_size, config.seed, epoch, start=batch, part=distributed.part())
+        batches = epoch_batches(data.train, config.batch_size, config.order_seed, epoch, start=batch, part=distributed.part())
         epoch_steps = min(steps_per_epoch - batch, total_steps - step)
         for job in jobs:
             job.begin_epoch()
@@ -288,12 +288,18 @@ def epoch_batches(
         yield x[share(order[i : i + batch_size])]
 
 
+SHARED = ("epochs", "steps", "batch_size", "device", "checkpoint_every", "metrics_every")
+"""The `TrainConfig` fields that every model of a sweep shares, as they all take the same batches
+(so does the data order, ``TrainConfig.order_seed``); the others may differ per model."""
+
+
 def sweep(
     models: dict[str, Autoencoder],
     data: Dataset,
     config: TrainConfig = TrainConfig(),
     out: str | Path | None = None,
     *,
+    configs: dict[str, TrainConfig] | None = None,
     progress: bool = True,
 ) -> dict[str, TrainResult]:
     """Train several models on the same data in one pass: each batch is fed to every model.
@@ -302,8 +308,16 @@ def sweep(
     named by its key (a normal run: ``sparseae.load``, ``resume``, ``report`` work
     on it). Each run's ``epoch_time_s`` is its own compute plus its share of the
     time spent on the batches.
+
+    ``configs`` gives a model its own training settings (by its key; the others train
+    with ``config``): learning rate and its schedule, optimizer, loss, ``seed``... Those
+    that shape the batches (``loop.SHARED``: epochs, steps, batch size...) must equal
+    ``config``'s, and the data order is ``config``'s for every model: a model's own
+    ``seed`` seeds its initialisation only (build the model with it), and its run records
+    the shared order as ``data_seed``, so that it equals training it alone with that config.
     """
     check(len(models) >= 1, "sweep", expected="at least one model", got=0, fix="Pass a dict of name -> model.")
+    configs = _model_configs(models, config, configs or {})
     distributed.init_from_env()
     progress = progress and distributed.is_main()
     device = pick_device(config.device)
@@ -311,10 +325,36 @@ def sweep(
     with contextlib.ExitStack() as locks:
         for name, model in models.items():
             _check_fits(model, data, f"data for sweep model {name!r}")
-            run_dir = None if out is None or not distributed.is_main() else rundir.create(Path(out) / name, model, config, data)
+            own = configs[name]
+            run_dir = None if out is None or not distributed.is_main() else rundir.create(Path(out) / name, model, own, data)
             if run_dir is not None:
                 locks.enter_context(RunLock(run_dir))
-            jobs.append(Trainer(model, config, run_dir, device))
+            jobs.append(Trainer(model, own, run_dir, device))
         with _saying_what_is_saved(jobs):
             _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
     return {name: job.result() for name, job in zip(models, jobs, strict=True)}
+
+
+def _model_configs(
+    models: dict[str, Autoencoder], config: TrainConfig, configs: dict[str, TrainConfig]
+) -> dict[str, TrainConfig]:
+    """Each model's config (``config`` where ``configs`` has none), checked to share the batches of ``config``."""
+    unknown = [name for name in configs if name not in models]
+    check(not unknown, "sweep configs", expected=f"keys of the models ({', '.join(models)})", got=", ".join(map(repr, unknown)),
+          fix="Name each config by its model's key.")  # fmt: skip
+    out = {}
+    for name in models:
+        own = configs.get(name, config)
+        if own.order_seed != config.order_seed and own.data_seed is None:
+            own = dataclasses.replace(own, data_seed=config.order_seed)  # its seed is its own, the batches are shared
+        for field in (*SHARED, "order_seed"):
+            mine, shared = getattr(own, field), getattr(config, field)
+            if mine != shared:
+                raise SparseAEError(
+                    f"sweep config of {name!r}: {field}",
+                    expected=f"{shared!r}, as in the sweep's config (every model of a sweep takes the same batches)",
+                    got=repr(mine),
+                    fix=f"Sweep the models with different {field} separately.",
+                )
+        out[name] = own
+    return out
