@@ -114,3 +114,47 @@ def test_cache_activations_for_two_modules_from_the_cli(lm_dir, corpus, tmp_path
     assert len(modules) >= 2 and len(lines) == len(modules), (modules, lines)
     assert all(line.startswith("cached 256 rows of width 32 in ") for line in lines)
     assert [line.split(" in ")[1].split(" (")[0] for line in lines] == [str(cache / m) for m in modules]
+
+
+def test_one_sae_per_module_from_one_pass_equals_training_each_alone(lm_dir, corpus, tmp_path, monkeypatch):
+    from sparseae.data import loading
+
+    passes = []
+    real = loading._collect_per_module
+    monkeypatch.setattr(loading, "_collect_per_module", lambda *a, **k: passes.append(1) or real(*a, **k))
+    datas = loading.load_data_per_module(
+        DataConfig("lm", lm=lm_config(lm_dir, corpus, module="transformer.h.*"), test_fraction=0.1)
+    )
+    assert list(datas) == ["transformer.h.0", "transformer.h.1"]
+
+    def dense(data):
+        return sparseae.build_preset("dense", data.sample_shape, sparseae.build_sparsity("topk", k=4), seed=0, n_latents=32)
+
+    config = sparseae.TrainConfig(epochs=2, batch_size=32, lr=3e-3)
+    together = sparseae.sweep({m: dense(d) for m, d in datas.items()}, datas, config, tmp_path / "x", progress=False)
+    # Over the text, for both modules at once: the test rows, the first row (sample_shape), the initialisation
+    # sample and two epochs.
+    assert len(passes) == 5
+    for module in datas:
+        alone_data = load_data(DataConfig("lm", lm=lm_config(lm_dir, corpus, module=module), test_fraction=0.1))
+        assert torch.equal(alone_data.test, datas[module].test)
+        alone = sparseae.train(dense(alone_data), alone_data, config, progress=False)
+        for (key, a), b in zip(alone.model.state_dict().items(), together[module].model.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (module, key)
+        assert together[module].metrics[-1]["test_fvu"] == alone.metrics[-1]["test_fvu"]
+    assert not torch.equal(together["transformer.h.0"].model.W_dec, together["transformer.h.1"].model.W_dec)
+
+
+def test_train_one_sae_per_module_from_the_cli(lm_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "x"
+    argv = ["train", "--data", "lm", "--lm-model", str(lm_dir), "--lm-module", "transformer.h.*", "--lm-text", str(corpus),
+            "--lm-device", "cpu", "--lm-context-length", "32", "--lm-tokens", "300", "--model", "dense", "--sparsity", "topk",
+            "--k", "4", "--n-latents", "32", "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "modules: 2 models" in printed and "transformer.h.1" in printed
+    assert (out / "compare.html").read_text().count("<td>transformer.h.") == 2
+    for module in ("transformer.h.0", "transformer.h.1"):
+        assert sparseae.load(out / module).input_shape == (32,)
+        assert sparseae.rundir.read_config(out / module)["data"]["lm"]["module"] == module
+    assert main(["eval", str(out / "transformer.h.1"), "--quiet"]) == 0  # a normal run: its data is that one module

@@ -74,3 +74,5 @@ def test_sweep_refuses_configs_that_do_not_share_the_batches(small):
                        configs={"b": dataclasses.replace(config, batch_size=64)}, progress=False)  # fmt: skip
     with pytest.raises(sparseae.SparseAEError, match=r"sweep configs: expected keys of the models \(k=2\), got 'x'"):
         sparseae.sweep(family(small, (2,)), small, config, configs={"x": config}, progress=False)
+    with pytest.raises(sparseae.SparseAEError, match=r"sweep data: expected one data set per model \(k=2\), got 'x'"):
+        sparseae.sweep(family(small, (2,)), {"x": small}, config, progress=False)

@@ -20,6 +20,8 @@ from sparseae._config import from_dict
 from sparseae.cli.flags import arg_type, hyperparameters
 from sparseae.data import ActivationConfig, DataConfig, Dataset, load_data
 from sparseae.data.inputs import TABLE_SUFFIXES, absolute_source, read_inputs, table_options
+from sparseae.data.lm_models import is_many
+from sparseae.data.loading import load_data_per_module
 from sparseae.data.shards import ShardReader, is_shard_dir
 from sparseae.devices import pick_device
 from sparseae.errors import SparseAEError, check, positive_int
@@ -44,6 +46,8 @@ def train(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.resume is not None:
         result = resume(args.resume, progress=progress, **args.extend)
+    elif args.data.source == "lm" and args.lm.module is not None and is_many(args.lm.module):
+        return _train_per_module(args)
     else:
         config, data, name = _setup(args)
         sparsity = build_sparsity(name, **vars(args.hp))
@@ -59,6 +63,22 @@ def train(args: argparse.Namespace) -> int:
         test = {k[5:]: v for k, v in final.items() if k.startswith("test_")}
         print(format_metrics(test, f"test metrics after epoch {final['epoch']}"))
     return 0
+
+
+def _train_per_module(args: argparse.Namespace) -> int:
+    """``--data lm`` with several modules: one SAE per module, all fed from each forward pass (a sweep)."""
+    config, name = _train_config(args), _sparsity_name(args)
+    datas = load_data_per_module(_data_config(args))
+    models = {
+        module: build_preset(args.model, data.sample_shape, build_sparsity(name, **vars(args.hp)), seed=config.seed,
+                             preprocess=args.preprocess, **_model_fields(args))
+        for module, data in datas.items()
+    }  # fmt: skip
+    out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
+    log.info("training %s with %s on %d modules (%s) -> %s", args.model, name, len(models), ", ".join(models), out)
+    start = time.perf_counter()
+    results = sweep_models(models, datas, config, out, progress=not args.quiet)
+    return _report_family(results, out, f"modules: {len(results)} models in {time.perf_counter() - start:.1f}s")
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -78,9 +98,13 @@ def sweep(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(key for key, _ in grid)}"
     start = time.perf_counter()
     results = sweep_models(models, data, config, out, configs=configs, progress=not args.quiet)
-    seconds = time.perf_counter() - start
+    return _report_family(results, out, f"sweep: {len(results)} models in {time.perf_counter() - start:.1f}s")
+
+
+def _report_family(results: dict[str, Any], out: Path, title: str) -> int:
+    """compare.html across the runs of a sweep (or of the modules of one model), and a line per run."""
     page = write_comparison([r.run_dir for r in results.values()], Path(out) / "compare.html")
-    print(f"sweep: {len(models)} models in {seconds:.1f}s -> {out}")
+    print(f"{title} -> {out}")
     width = max(16, *map(len, results))
     for label, result in results.items():
         last = result.metrics[-1]
@@ -152,15 +176,25 @@ def _param_type(args: argparse.Namespace, key: str, name: str) -> Any:
 
 
 def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
-    config = TrainConfig.for_preset(args.model, **vars(args.train))  # no --lr: the preset's rate
+    return _train_config(args), load_data(_data_config(args)), _sparsity_name(args)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.for_preset(args.model, **vars(args.train))  # no --lr: the preset's rate
+
+
+def _sparsity_name(args: argparse.Namespace) -> str:
+    return args.sparsity or get_preset(args.model).sparsity
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
     lm = lm_config(args.lm) if args.data.source == "lm" else None
     data_config = DataConfig(**vars(args.data), lm=lm)
-    data_config = dataclasses.replace(
+    return dataclasses.replace(
         data_config,
         source=absolute_source(data_config.source),
         test_source=data_config.test_source and absolute_source(data_config.test_source),
     )
-    return config, load_data(data_config), args.sparsity or get_preset(args.model).sparsity
 
 
 def _model_fields(args: argparse.Namespace) -> dict[str, Any]:

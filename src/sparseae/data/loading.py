@@ -3,15 +3,19 @@ from MNIST, downloads, arrays, images, patches, shard caches or a language model
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import replace
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from sparseae.data.activations import ActivationStream, _collect_per_module
 from sparseae.data.arrays import ARRAY_SUFFIXES, Arrays, read_arrays
-from sparseae.data.config import DataConfig
+from sparseae.data.config import ActivationConfig, DataConfig
 from sparseae.data.dataset import Dataset, check_finite_rows
 from sparseae.data.download import DATASETS, load_named
 from sparseae.data.mnist import load_mnist
@@ -20,7 +24,7 @@ from sparseae.data.shards import ShardReader, is_shard_dir
 from sparseae.data.sidecar import find_texts, read_row_texts
 from sparseae.data.split import holdout_rows
 from sparseae.data.stream import RowReader, RowStream, Stream
-from sparseae.data.tokens import read_tokens
+from sparseae.data.tokens import TokenLog, read_tokens
 from sparseae.errors import SparseAEError
 
 NAMED_SOURCES = ("mnist", *sorted(set(DATASETS) - {"mnist"}), "patches", "lm")
@@ -262,3 +266,93 @@ def _whole(data: Dataset) -> tuple[Tensor | Stream, Tensor | None]:
     raise SparseAEError(
         data.name, expected="a source that can serve as one whole split", got=type(data.train).__name__, fix="Use an array file."
     )
+
+
+def load_data_per_module(config: DataConfig) -> dict[str, Dataset]:
+    """For ``--data lm`` with several modules (``config.lm.module`` a comma list or glob): one data set per module.
+
+    Each is what `load_data` gives for that one module (its ``config.lm.module`` that name, the
+    same test rows and batches), and every forward pass of the language model feeds them all:
+    read their training batches in lockstep (as [`sweep`][sparseae.training.sweep] does), the
+    k-th pass over the text that one module's stream asks for is run once for every module.
+    """
+    from sparseae.data.lm_models import load_lm, resolve_modules
+
+    if config.lm is None or config.source != "lm":
+        raise SparseAEError(
+            f"--data {config.source}",
+            expected="lm, with --lm-model, --lm-module and --lm-text",
+            got="another source" if config.lm is not None else "no language model",
+            fix="One data set per module comes from a language model's activations.",
+        )
+    lm = config.lm
+    model, tokenizer = load_lm(lm.model, lm.device)
+    names = resolve_modules(model, lm.module)
+    n_test = config.test_limit or min(LM_TEST_ROWS, max(1, round(lm.tokens * config.test_fraction)))
+    tokens, heads = TokenLog(), {name: [] for name in names}
+    for rows in _collect_per_module(lm, model, tokenizer, n_test, tokens):  # the test rows: the text's first
+        for name in names:
+            heads[name].append(rows[name])
+    test = {name: torch.cat(parts)[:n_test] for name, parts in heads.items()}
+    skip = len(next(iter(test.values())))
+    test_rows = RowInfo(tokens=tokens.token_rows(tokenizer, lm.model).select(slice(0, skip)))
+    passes = _SharedPasses(lm, names, (model, tokenizer))
+    out = {}
+    for name in names:
+        own = replace(lm, module=name)
+        train = _ModuleStream(own, passes, skip=skip, lm=(model, tokenizer))
+        data = Dataset(f"{Path(lm.model).name}:{name}", train, test[name], test_rows=test_rows)
+        out[name] = replace(data, config=replace(config, lm=own)).subset(config.train_limit, None)
+    return out
+
+
+class _SharedPasses:
+    """The forward passes of one model, shared by the streams of its modules: the k-th read of each module's
+    rows gets the k-th pass over the text, run once (the first reader's) and teed to the others."""
+
+    def __init__(self, config: ActivationConfig, names: list[str], lm: tuple[Any, Any]):
+        self.config, self.names, self.lm = config, names, lm
+        self.passes: list[tuple[int, dict[str, Iterator[Tensor]]]] = []
+        self.reads = dict.fromkeys(names, 0)
+
+    def rows(self, name: str, max_tokens: int) -> Iterator[Tensor]:
+        k, self.reads[name] = self.reads[name], self.reads[name] + 1
+        if k == len(self.passes):
+            teed = itertools.tee(_collect_per_module(self.config, *self.lm, max_tokens), len(self.names))
+            self.passes.append((max_tokens, {n: _pick(it, n) for n, it in zip(self.names, teed, strict=True)}))
+        asked, readers = self.passes[k]
+        assert asked == max_tokens, "the streams of one model's modules are read alike, in lockstep"
+        return readers.pop(name)
+
+
+def _pick(passes: Iterator[dict[str, Tensor]], name: str) -> Iterator[Tensor]:
+    for rows in passes:
+        yield rows[name]
+
+
+class _ModuleStream(ActivationStream):
+    """One module's rows of a model whose modules are read together: an `ActivationStream` (same buffer,
+    shuffle and batches) whose rows come from the shared passes."""
+
+    def __init__(self, config: ActivationConfig, passes: _SharedPasses, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        self.passes = passes
+
+    def _rows(self, max_tokens: int, tokens: TokenLog | None = None) -> Iterator[Tensor]:
+        to_skip = self.skip
+        for rows in self.passes.rows(self.config.module, max_tokens + self.skip):
+            if to_skip >= len(rows):
+                to_skip -= len(rows)
+                continue
+            yield rows[to_skip:]
+            to_skip = 0
+
+    def head(self, n: int) -> Tensor:  # the training rows' tokens are not kept: the test split's are
+        n = min(n, len(self))
+        if len(self._head) < n:
+            self._head = torch.cat(list(self._rows(n)))
+        return self._head[:n]
+
+    def take(self, n: int) -> _ModuleStream:
+        config = replace(self.config, tokens=min(n, self.config.tokens))
+        return _ModuleStream(config, self.passes, buffer_batches=self.buffer_batches, skip=self.skip, lm=self._lm)

@@ -183,7 +183,7 @@ def _what_is_saved(job: Trainer) -> str:
 
 def _run(
     jobs: list[Trainer],
-    data: Dataset,
+    data: Dataset | list[Dataset],
     config: TrainConfig,
     *,
     progress: bool,
@@ -192,9 +192,15 @@ def _run(
     prepare: bool,
     batch: int = 0,
 ) -> None:
-    """Train every job on the same batches, in one pass over the data, from batch ``batch`` of epoch ``epoch``."""
+    """Train every job on the same batches, in one pass over the data, from batch ``batch`` of epoch ``epoch``.
+
+    ``data`` as a list: each job's own data, read in lockstep (e.g. one language-model module each,
+    the same tokens in every batch); one iterator per distinct data set.
+    """
     device = jobs[0].device
-    n = len(data.train)
+    datas = data if isinstance(data, list) else [data] * len(jobs)
+    sources = list({id(d): d for d in datas}.values())
+    n = len(datas[0].train)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.steps or config.epochs * steps_per_epoch
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -205,22 +211,18 @@ def _run(
         job.total_steps = total_steps
         job.model.set_epoch_rows(n)
     if prepare:
-        if isinstance(data.train, Stream):
-            sample = data.train.sample(PREPARE_SAMPLES, config.order_seed).to(device)
-        else:
-            sample = data.train[epoch_order(n, config.order_seed, -1)[:PREPARE_SAMPLES]].to(device)
-        finite = torch.isfinite(sample.flatten(1)).all(1)
-        if not finite.all():  # NaN rows must not set the initial biases; their steps are skipped later
-            log.warning("%d of %d samples for initialisation are not finite; left out", int((~finite).sum()), len(sample))
-            sample = sample[finite]
-        for job in jobs:
+        samples = {id(d): _prepare_sample(d, config.order_seed, device) for d in sources}
+        for job, d in zip(jobs, datas, strict=True):
             torch.manual_seed(job.config.seed)  # each model's own, as if trained alone
-            job.model.initialise(sample)
+            job.model.initialise(samples[id(d)])
     for job in jobs:
         if job.window is not None:
             job.window.since = time.perf_counter()  # samples/s of training, not of the initialisation
     while step < total_steps:
-        batches = epoch_batches(data.train, config.batch_size, config.order_seed, epoch, start=batch, part=distributed.part())
+        batches = {
+            id(d): epoch_batches(d.train, config.batch_size, config.order_seed, epoch, start=batch, part=distributed.part())
+            for d in sources
+        }
         epoch_steps = min(steps_per_epoch - batch, total_steps - step)
         for job in jobs:
             job.begin_epoch()
@@ -231,12 +233,12 @@ def _run(
         taken = 0
         for i in range(epoch_steps):
             start = time.perf_counter()
-            x = next(batches, None)
-            if x is None:  # a stream that ran short of its stated length (e.g. text with fewer tokens)
+            xs = {key: next(it, None) for key, it in batches.items()}
+            if any(x is None for x in xs.values()):  # a stream that ran short of its stated length (e.g. fewer tokens)
                 break
-            x = x.to(device, non_blocking=True)
+            xs = {key: x.to(device, non_blocking=True) for key, x in xs.items()}
             shared += time.perf_counter() - start
-            outcomes = [job.step(x, step + taken + 1) for job in jobs]
+            outcomes = [job.step(xs[id(d)], step + taken + 1) for job, d in zip(jobs, datas, strict=True)]
             taken += 1
             bar.update()
             if config.metrics_every and (step + taken) % config.metrics_every == 0:
@@ -259,11 +261,24 @@ def _run(
         step += taken
         epoch += 1
         batch = 0
-        for job in jobs:
-            job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), data, progress)
+        for job, d in zip(jobs, datas, strict=True):
+            job.end_epoch(epoch, step, n_epochs, job.busy + shared / len(jobs), d, progress)
     for job in jobs:
         if job.writer is not None:
             job.writer.close()
+
+
+def _prepare_sample(data: Dataset, seed: int, device: torch.device) -> Tensor:
+    """The training samples that ``model.initialise`` sees: up to `PREPARE_SAMPLES`, the non-finite left out."""
+    if isinstance(data.train, Stream):
+        sample = data.train.sample(PREPARE_SAMPLES, seed).to(device)
+    else:
+        sample = data.train[epoch_order(len(data.train), seed, -1)[:PREPARE_SAMPLES]].to(device)
+    finite = torch.isfinite(sample.flatten(1)).all(1)
+    if not finite.all():  # NaN rows must not set the initial biases; their steps are skipped later
+        log.warning("%d of %d samples for initialisation are not finite; left out", int((~finite).sum()), len(sample))
+        sample = sample[finite]
+    return sample
 
 
 def epoch_batches(
@@ -295,7 +310,7 @@ SHARED = ("epochs", "steps", "batch_size", "device", "checkpoint_every", "metric
 
 def sweep(
     models: dict[str, Autoencoder],
-    data: Dataset,
+    data: Dataset | dict[str, Dataset],
     config: TrainConfig = TrainConfig(),
     out: str | Path | None = None,
     *,
@@ -315,23 +330,36 @@ def sweep(
     ``config``'s, and the data order is ``config``'s for every model: a model's own
     ``seed`` seeds its initialisation only (build the model with it), and its run records
     the shared order as ``data_seed``, so that it equals training it alone with that config.
+
+    ``data`` by key gives each model its own samples, of one length, read in lockstep: e.g. the
+    activations of several modules of a language model (`sparseae.data.load_data_per_module`),
+    one forward pass feeding every model.
     """
     check(len(models) >= 1, "sweep", expected="at least one model", got=0, fix="Pass a dict of name -> model.")
     configs = _model_configs(models, config, configs or {})
     distributed.init_from_env()
     progress = progress and distributed.is_main()
     device = pick_device(config.device)
+    if isinstance(data, dict):
+        check(set(data) == set(models), "sweep data", expected=f"one data set per model ({', '.join(models)})",
+              got=", ".join(map(repr, data)), fix="Key the data sets as the models.")  # fmt: skip
+    datas = {name: data[name] if isinstance(data, dict) else data for name in models}
+    lengths = {len(d.train) for d in datas.values()}
+    check(len(lengths) == 1, "sweep data", expected="one training length for every model (their batches are read in lockstep)",
+          got=", ".join(f"{name}: {len(d.train)}" for name, d in datas.items()), fix="Pass data of one length.")  # fmt: skip
     jobs = []
     with contextlib.ExitStack() as locks:
         for name, model in models.items():
-            _check_fits(model, data, f"data for sweep model {name!r}")
+            _check_fits(model, datas[name], f"data for sweep model {name!r}")
             own = configs[name]
-            run_dir = None if out is None or not distributed.is_main() else rundir.create(Path(out) / name, model, own, data)
+            run_dir = (
+                None if out is None or not distributed.is_main() else rundir.create(Path(out) / name, model, own, datas[name])
+            )
             if run_dir is not None:
                 locks.enter_context(RunLock(run_dir))
             jobs.append(Trainer(model, own, run_dir, device))
         with _saying_what_is_saved(jobs):
-            _run(jobs, data, config, progress=progress, epoch=0, step=0, prepare=True)
+            _run(jobs, list(datas.values()), config, progress=progress, epoch=0, step=0, prepare=True)
     return {name: job.result() for name, job in zip(models, jobs, strict=True)}
 
 
