@@ -1145,6 +1145,13 @@ CASES: list[Case] = [
             "--values: expected one --values after each --param, got 2 --param and 1 --values.",
             lambda tmp, env: [*_sweep(env, tmp, "k", "2,4"), "--param", "lr"],
         ),
+        Case(
+            "sweep-grid-in-config", "A sweep's grid in a --config file",
+            ("sweep --config flags.json --param lr --values 1e-3", 'flags.json holds {"param": "k"}'),
+            "flags.json: key 'param': expected defaults for the other flags, got --param in the file. Give --param and "
+            "--values on the command line.",
+            lambda tmp, env: [*_sweep(env, tmp, "lr", "1e-3"), "--config", _text(tmp, "flags.json", '{"param": "k"}')],
+        ),
     ]),
 ]  # fmt: skip
 

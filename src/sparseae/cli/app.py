@@ -193,6 +193,10 @@ def _add_sweep(p: argparse.ArgumentParser, chosen: Chosen) -> None:
     )
     p.set_defaults(run=commands.sweep)
     if chosen.config and chosen.command == "sweep":
+        grid = [key for key in ("param", "values") if key in chosen.values]
+        if grid:  # a sweep's grid is its command line; a run's config.json never holds one
+            raise SparseAEError(f"{chosen.config}: key {grid[0]!r}", expected="defaults for the other flags",
+                                got=f"--{grid[0]} in the file", fix="Give --param and --values on the command line.")  # fmt: skip
         apply_config(p, chosen.values, chosen.config)
 
 
