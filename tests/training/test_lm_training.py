@@ -116,16 +116,25 @@ def test_cache_activations_for_two_modules_from_the_cli(lm_dir, corpus, tmp_path
     assert [line.split(" in ")[1].split(" (")[0] for line in lines] == [str(cache / m) for m in modules]
 
 
-def test_one_sae_per_module_from_one_pass_equals_training_each_alone(lm_dir, corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("real_model", [False, True], ids=["tiny-gpt2", "minilm"])
+def test_one_sae_per_module_from_one_pass_equals_training_each_alone(real_model, lm_dir, corpus, tmp_path, monkeypatch, request):
     from sparseae.data import loading
 
     passes = []
     real = loading._collect_per_module
     monkeypatch.setattr(loading, "_collect_per_module", lambda *a, **k: passes.append(1) or real(*a, **k))
-    datas = loading.load_data_per_module(
-        DataConfig("lm", lm=lm_config(lm_dir, corpus, module="transformer.h.*"), test_fraction=0.1)
-    )
-    assert list(datas) == ["transformer.h.0", "transformer.h.1"]
+    # The real MiniLM (BERT, d 384) on two of its layers, by a comma list; the tiny GPT-2 by a glob.
+    model_dir, modules = (request.getfixturevalue("minilm_dir"), "encoder.layer.1,encoder.layer.4") if real_model else (
+        lm_dir, "transformer.h.*")  # fmt: skip
+    expected = ["encoder.layer.1", "encoder.layer.4"] if real_model else ["transformer.h.0", "transformer.h.1"]
+    tokens = {"tokens": 300, "context_length": 64} if real_model else {}
+
+    def lm_config(_dir, _corpus, **kw):  # this test's model in place of the tiny GPT-2
+        return ActivationConfig(**{"model": str(model_dir), "text": str(corpus), "device": "cpu", "context_length": 32,
+                                   "tokens": TOKENS, "batch_size": 4, **tokens, **kw})  # fmt: skip
+
+    datas = loading.load_data_per_module(DataConfig("lm", lm=lm_config(lm_dir, corpus, module=modules), test_fraction=0.1))
+    assert list(datas) == expected
 
     def dense(data):
         return sparseae.build_preset("dense", data.sample_shape, sparseae.build_sparsity("topk", k=4), seed=0, n_latents=32)
@@ -142,7 +151,7 @@ def test_one_sae_per_module_from_one_pass_equals_training_each_alone(lm_dir, cor
         for (key, a), b in zip(alone.model.state_dict().items(), together[module].model.state_dict().values(), strict=True):
             assert torch.equal(a, b), (module, key)
         assert together[module].metrics[-1]["test_fvu"] == alone.metrics[-1]["test_fvu"]
-    assert not torch.equal(together["transformer.h.0"].model.W_dec, together["transformer.h.1"].model.W_dec)
+    assert not torch.equal(together[expected[0]].model.W_dec, together[expected[1]].model.W_dec)
 
 
 def test_train_one_sae_per_module_from_the_cli(lm_dir, corpus, tmp_path, capsys):

@@ -6,7 +6,7 @@ from sparseae.data.config import ActivationConfig, DataConfig
 from sparseae.data.dataset import Dataset, check_finite_rows
 from sparseae.data.download import DATASETS, load_named
 from sparseae.data.idx import read_idx
-from sparseae.data.loading import LM_TEST_ROWS, NAMED_SOURCES, is_named_source, load_data
+from sparseae.data.loading import LM_TEST_ROWS, NAMED_SOURCES, is_named_source, load_data, load_data_per_module
 from sparseae.data.mnist import load_mnist
 from sparseae.data.rows import Documents, RowInfo, TokenRows
 from sparseae.data.shards import ShardReader, is_shard_dir, write_shards
@@ -35,6 +35,7 @@ __all__ = [
     "is_named_source",
     "is_shard_dir",
     "load_data",
+    "load_data_per_module",
     "load_mnist",
     "load_named",
     "read_arrays",
