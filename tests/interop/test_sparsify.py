@@ -310,3 +310,19 @@ def test_round_trip_through_sparsify_itself(tmp_path: Path, sparsify):
     state = back.state_dict()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if k != "samples_since_fired")
     assert back.sparsity.k == 8
+
+
+def test_cli_exports_to_sparsify(tmp_path: Path, capsys):
+    from sparseae.cli import main
+
+    model = dense()
+    save_model(model, tmp_path / "model")
+    out = tmp_path / "to-sparsify"
+    assert main(["export", str(tmp_path / "model"), "--format", "sparsify", "--out", str(out), "--hook-name", "layers.6"]) == 0
+    assert capsys.readouterr().out.strip() == f"sparsify: {out / 'layers.6'}"
+    x = raw_inputs()
+    with torch.no_grad():
+        assert torch.equal(import_sparsify(out / "layers.6").encode(x), model.encode(x))
+    save_model(dense(sparsity="l1"), tmp_path / "l1")
+    assert main(["export", str(tmp_path / "l1"), "--format", "sparsify", "--out", str(tmp_path / "no")]) == 2
+    assert "expected the topk constraint" in capsys.readouterr().err

@@ -259,9 +259,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         required=True,
-        choices=["onnx", "saelens", "hub"],
+        choices=["onnx", "saelens", "sparsify", "hub"],
         help="onnx: a .onnx graph (onnxruntime); saelens: cfg.json + sae_weights.safetensors as SAELens reads them; "
-        "hub: a Hugging Face Hub model folder.",
+        "sparsify: cfg.json + sae.safetensors as EleutherAI sparsify reads them; hub: a Hugging Face Hub model folder.",
     )
     p.add_argument("--out", type=Path, required=True, help="The .onnx file, or the directory to create.")
     p.add_argument(
@@ -270,7 +270,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         default="encoder",
         help="ONNX: the encoder alone (inputs -> codes) or the whole autoencoder (-> codes, reconstruction).",
     )
-    p.add_argument("--hook-name", help="SAELens: the hook the SAE reads, e.g. blocks.6.hook_resid_post.")
+    p.add_argument(
+        "--hook-name",
+        help="SAELens: the hook the SAE reads, e.g. blocks.6.hook_resid_post. sparsify: the hookpoint, e.g. layers.6 "
+        "(the SAE goes in OUT/layers.6).",
+    )
     p.add_argument("--model-name", help="SAELens: the language model, e.g. gpt2.")
     p.add_argument("--repo-id", help="Hub: the repository id the model card names, user/repo.")
     p.set_defaults(run=commands.export)

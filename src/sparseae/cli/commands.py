@@ -295,6 +295,10 @@ def export(args: argparse.Namespace) -> int:
         from sparseae.interop import export_saelens
 
         path = export_saelens(load(args.run_dir), args.out, hook_name=args.hook_name, model_name=args.model_name)
+    elif args.format == "sparsify":
+        from sparseae.interop import export_sparsify
+
+        path = export_sparsify(load(args.run_dir), args.out, hookpoint=args.hook_name)
     else:
         from sparseae.interop.hub import publish_folder
 
