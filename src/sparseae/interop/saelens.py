@@ -72,9 +72,9 @@ _EXTRA_WEIGHTS = {
 }
 _SCALE_WEIGHTS = {"scaling_factor", "finetuning_scaling_factor"}  # pre-6.0 per-latent scale of the code
 _CONVERTED = (
-    "For SAEs that SAELens converts while loading (Gemma Scope, Llama Scope, sparsify, dictionary_learning, ...), "
+    "For SAEs that SAELens converts while loading (Gemma Scope, Llama Scope, dictionary_learning, ...), "
     "load them with SAELens (sae = SAE.from_pretrained(release, sae_id)), write them with sae.save_model(directory), "
-    "and import that directory."
+    "and import that directory; sparsify's folders import directly with import_sparsify."
 )
 
 
