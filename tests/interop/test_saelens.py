@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_inputs import D_IN, randomize, raw_inputs
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -16,7 +17,7 @@ from sparseae.interop.saelens import WEIGHTS_FILE
 from sparseae.models import ConvAutoencoder, ConvConfig, DenseAutoencoder, DenseConfig
 from sparseae.sparsity import build_sparsity
 
-D_IN, N = 16, 64
+N = 64
 ATOL = 1e-5
 
 
@@ -39,21 +40,6 @@ def dense(sparsity: str, preprocess: tuple[str, ...] = (), seed: int = 0, **conf
     if preprocess:
         model.preprocess.fit(raw_inputs(512, seed + 1))
     return model.eval()
-
-
-def raw_inputs(n: int = 256, seed: int = 7) -> torch.Tensor:
-    """Activation-like inputs: an offset, uneven scales and correlations, so preprocessing is not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(D_IN, D_IN, generator=g) * torch.linspace(0.2, 3.0, D_IN)
-    return torch.randn(n, D_IN, generator=g) @ mix + 2.0
-
-
-def randomize(sae, seed: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-    return sae
 
 
 def assert_same(sae, model: DenseAutoencoder, x: torch.Tensor) -> None:
