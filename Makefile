@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make train   create .venv, install sparseae, train the MNIST model (3 epochs, seed 1)
+#   make train   create .venv, install sparseae, train the MNIST model (3 epochs, seed 0)
 #   make test    create .venv, install sparseae with test tools, run every test
 # and, not part of CI:
 #   make test-loaded   the same tests while two busy loops hold both cores (a loaded CI machine)
@@ -8,8 +8,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EPOCHS ?= 3
-# Seed 1 is a typical seed; seed 0 loses 27-28 of 32 code units in Keras and here alike (README, Measured).
-SEED   ?= 1
+# Any seed: the default recipe keeps every code unit alive (seed 0 loses 27 of 32 under --recipe keras, as in Keras).
+SEED   ?= 0
 
 .PHONY: train test test-loaded lint clean chromium bench
 

@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--codes", help="After the last epoch, save the train and test codes to this .npz file.")
     args = parser.parse_args()
     import keras
 
@@ -68,6 +69,9 @@ def main() -> None:
             "test_mse": float(np.mean((x_test - recon) ** 2)), "test_l0": float((code != 0).sum(1).mean()),
             "test_dead_units": int(((code != 0).sum(0) == 0).sum()),
         }), flush=True)  # fmt: skip
+    if args.codes:
+        train_code = encoder.predict(x_train, batch_size=1000, verbose=0)
+        np.savez(args.codes, train=train_code, test=code)
 
 
 if __name__ == "__main__":

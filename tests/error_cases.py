@@ -383,6 +383,11 @@ CASES: list[Case] = [
             lambda tmp, env: ["train", "--model", "convv"],
         ),
         Case(
+            "flag-recipe-of-another-model", "A recipe the model does not have", "train --model dense --recipe keras",
+            "argument --recipe: invalid choice: 'keras' (choose from …default…)",
+            lambda tmp, env: ["train", "--model", "dense", "--recipe", "keras"],
+        ),
+        Case(
             "flag-missing-required", "A required flag left out", "sweep --param k",
             "the following arguments are required: --values",
             lambda tmp, env: ["sweep", "--param", "k"],

@@ -27,7 +27,7 @@ def test_layer_shapes_28_14_7_14_28():
 
 
 def test_keras_initialisation():
-    model = sparseae.mnist_conv(seed=3)
+    model = sparseae.mnist_conv(seed=3, recipe="keras")
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             assert torch.all(p == 0), name
@@ -76,8 +76,8 @@ def test_tf_padding_equals_the_direct_tensorflow_computation():
 
 
 def test_torch_padding_is_a_different_function():
-    a = sparseae.mnist_conv(seed=1)
-    b = sparseae.mnist_conv(seed=1, padding="torch")
+    a = sparseae.mnist_conv(seed=1, recipe="keras")
+    b = sparseae.mnist_conv(seed=1, recipe="keras", padding="torch")
     b.load_state_dict(a.state_dict())
     x = torch.rand(4, 1, 28, 28)
     assert (a.reconstruct(x) - b.reconstruct(x)).abs().max() > 1e-3

@@ -423,7 +423,7 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
     assert sparseae.TrainConfig.for_preset("dense", batch_size=1024).lr == pytest.approx(2e-3)
     assert sparseae.TrainConfig.for_preset("dense").lr == 2e-3  # batch 128: the floor
     assert sparseae.TrainConfig.for_preset("dense", lr=1e-2, batch_size=64).lr == 1e-2
-    assert sparseae.TrainConfig.for_preset("mnist-conv") == sparseae.TrainConfig()  # the Keras recipe
+    assert sparseae.TrainConfig.for_preset("mnist-conv", "keras") == sparseae.TrainConfig()  # the Keras recipe
     assert sparseae.TrainConfig.for_preset("classic").lr == 3e-3  # a fixed rate of its own
     assert sparseae.build_preset("dense", (D,)).config.dead_window == DENSE_DEAD_WINDOW
 

@@ -75,6 +75,8 @@ class Chosen(NamedTuple):
     """``--sparsity`` (likewise; else the model's own)."""
     config: Path | None
     """``--config`` of ``train`` and ``sweep``."""
+    recipe: str
+    """``--recipe`` (likewise; else "default")."""
     values: dict[str, Any]
     """The config file's flag values."""
 
@@ -83,7 +85,7 @@ def preparse(argv: list[str]) -> Chosen:
     """Read the command, ``--model``, ``--sparsity`` and ``--config`` (and the config file) once."""
     command = next((a for a in argv if not a.startswith("-")), None)
     pre = _Parser(prog="sparseae", add_help=False)
-    for flag in ("--model", "--sparsity", "--data"):
+    for flag in ("--model", "--sparsity", "--data", "--recipe"):
         pre.add_argument(flag)
     pre.add_argument("--config", type=Path)
     known = pre.parse_known_args(argv)[0]
@@ -91,7 +93,14 @@ def preparse(argv: list[str]) -> Chosen:
     values = read_config_file(path, data_given=known.data is not None) if path else {}
     model = known.model or values.get("model") or "mnist-conv"
     model = model if model in list_presets() else "mnist-conv"  # argparse reports a bad choice
-    return Chosen(command, model, known.sparsity or values.get("sparsity") or get_preset(model).sparsity, path, values)
+    recipe = known.recipe or values.get("recipe") or "default"
+    recipe = recipe if recipe in _recipes(model) else "default"  # the full parse reports a bad choice
+    sparsity = known.sparsity or values.get("sparsity") or get_preset(model).sparsity
+    return Chosen(command, model, sparsity, path, recipe=recipe, values=values)
+
+
+def _recipes(model: str) -> list[str]:
+    return ["default", *get_preset(model).recipes]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -204,6 +213,13 @@ def _add_training_args(p: argparse.ArgumentParser, chosen: Chosen) -> None:
     """The flags `train` and `sweep` share: model, constraint, data, training."""
     p.add_argument("--model", default="mnist-conv", choices=list_presets(), help="Model to build (default: %(default)s).")
     p.add_argument(
+        "--recipe",
+        default="default",
+        choices=_recipes(chosen.model),
+        help="How to build and train the model: its own defaults, or another recipe of it (mnist-conv: keras, the Keras "
+        "blog's model and training exactly). Flags given with it override it (default: %(default)s).",
+    )
+    p.add_argument(
         "--sparsity",
         help="Sparsity constraint: one of " + ", ".join(list_sparsities()) + ", or module:ClassName for your own "
         "(default: the model's own: l1 for mnist-conv, topk for dense, kl for classic).",
@@ -221,7 +237,7 @@ def _add_training_args(p: argparse.ArgumentParser, chosen: Chosen) -> None:
         help="Input preprocessing fitted on the training data and saved with the model, comma-separated, in order: "
         f"{', '.join(STEPS)} (e.g. norm for embeddings, center,zca for image patches; default: none).",
     )
-    preset = get_preset(chosen.model)
+    preset = get_preset(chosen.model, chosen.recipe)
     add_model_args(p.add_argument_group(f"{chosen.model} model", plain(preset.doc)), preset)
     add_dataclass_args(p.add_argument_group("data"), DataConfig, "data", DATA_FLAGS)
     _add_lm_args(p.add_argument_group("language-model activations (--data lm)", plain(_LM_DOC)))

@@ -52,7 +52,13 @@ def train(args: argparse.Namespace) -> int:
         config, data, name = _setup(args)
         sparsity = build_sparsity(name, **vars(args.hp))
         model = build_preset(
-            args.model, data.sample_shape, sparsity, seed=config.seed, preprocess=args.preprocess, **_model_fields(args)
+            args.model,
+            data.sample_shape,
+            sparsity,
+            seed=config.seed,
+            preprocess=args.preprocess,
+            recipe=args.recipe,
+            **_model_fields(args),
         )
         out = args.out or _default_run_dir(args.model, name.rpartition(":")[2].lower())
         log.info("training %s with %s(%s) on %s -> %s", args.model, name, sparsity.extra_repr(), data.name, out)
@@ -168,7 +174,7 @@ def _param_type(args: argparse.Namespace, key: str, name: str) -> Any:
     if key in vars(args.hp):
         hint = hyperparameters(name)[key][0]
     elif key in vars(args.model_fields):
-        hints = typing.get_type_hints(get_preset(args.model).model.config_class)
+        hints = typing.get_type_hints(get_preset(args.model, args.recipe).model.config_class)
         hint = hints.get(key, float)  # expansion_factor: an option of the preset, not a config field
     else:
         hint = typing.get_type_hints(TrainConfig)[key]
@@ -180,11 +186,11 @@ def _setup(args: argparse.Namespace) -> tuple[TrainConfig, Dataset, str]:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.for_preset(args.model, **vars(args.train))  # no --lr: the preset's rate
+    return TrainConfig.for_preset(args.model, args.recipe, **vars(args.train))  # no --lr: the preset's rate
 
 
 def _sparsity_name(args: argparse.Namespace) -> str:
-    return args.sparsity or get_preset(args.model).sparsity
+    return args.sparsity or get_preset(args.model, args.recipe).sparsity
 
 
 def _data_config(args: argparse.Namespace) -> DataConfig:

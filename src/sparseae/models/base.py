@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sparseae import distributed
 from sparseae._config import to_dict
 from sparseae.errors import SparseAEError
 from sparseae.preprocess import Preprocessing
@@ -179,6 +180,16 @@ class Autoencoder(nn.Module):
             "sparsity": {"name": self.sparsity.name, "params": self.sparsity.get_params()},
             "preprocess": list(self.preprocess.steps),
         }
+
+
+@torch.no_grad()
+def count_firing(samples_since_fired: Tensor, fired: Tensor, rows: int) -> None:
+    """Advance each unit's count of training samples since it last fired by a batch of ``rows``, and
+    zero it for the units ``fired`` in that batch ((n,) bool). Counted over the global batch when
+    distributed, so that every rank agrees on which units are dead."""
+    fired = distributed.all_max(fired.to(torch.uint8)).bool()
+    samples_since_fired += distributed.batch_total(rows, fired.device)
+    samples_since_fired[fired] = 0
 
 
 def cat_csr(pieces: list[Tensor], n_columns: int) -> Tensor:

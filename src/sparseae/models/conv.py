@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from sparseae.errors import check
-from sparseae.models.base import Autoencoder, register_model
+from sparseae.errors import check, non_negative_number, positive_int, positive_number
+from sparseae.models.base import Autoencoder, count_firing, register_model
 from sparseae.sparsity import Sparsity
 
 
@@ -33,6 +33,23 @@ class ConvConfig:
     """'keras': Glorot-uniform weights and zero biases; 'torch': PyTorch's defaults."""
     output_activation: Literal["relu", "sigmoid", "none"] = "relu"
     """Last layer's activation; the Keras blog model uses relu."""
+    decoder_norm: float | None = None
+    """Hold each code unit's outgoing weights (its column of the code -> decoder layer) at this L2
+    norm: the gradient's component along each column is removed before the step and the columns
+    are renormalised after it (the dictionary SAEs' unit-norm decoder). An L1 penalty on the code
+    can then not be dodged by shrinking the code and growing the weights that read it, so it makes
+    the code sparse instead of small; the smaller the norm, the sparser. None: free, as in Keras."""
+    centre_code: bool = False
+    """Start each code unit's bias at minus its median pre-activation on the training sample, so
+    that every unit fires on half of the inputs at the start (zero biases leave some units silent
+    on all of them from the first step, as the conv features are non-negative)."""
+    revive_window: int | None = None
+    """A code unit silent for this many training samples is dead, and an auxiliary loss raises its
+    largest pre-activation in each batch until it fires again (the idea of AuxK and ghost grads:
+    give dead units a gradient). None: no revival, as in Keras."""
+    revive_coef: float = 1e-2
+    """Weight of the revival loss: revive_coef x the sum over dead units of how far their
+    largest pre-activation in the batch is below zero."""
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_size", "n_latents"):
@@ -45,6 +62,11 @@ class ConvConfig:
             got=self.channels,
             fix="For example (16, 32).",
         )
+        if self.decoder_norm is not None:
+            positive_number(self.decoder_norm, "decoder_norm", fix="Leave it unset (None) for free decoder weights.")
+        if self.revive_window is not None:
+            positive_int(self.revive_window, "revive_window", fix="Count samples, or leave it unset (None) for no revival.")
+        non_negative_number(self.revive_coef, "revive_coef", fix="Use 0 to switch the revival loss off.")
         factor = 2 ** len(self.channels)
         check(
             self.image_size % factor == 0,
@@ -54,6 +76,9 @@ class ConvConfig:
             fix="Resize the images or use fewer stages.",
         )
 
+
+CENTRE_SAMPLES = 4096
+"""Training samples whose median pre-activations start the code biases (`ConvConfig.centre_code`)."""
 
 _OUTPUT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "none": nn.Identity}
 
@@ -84,6 +109,8 @@ class ConvAutoencoder(Autoencoder):
 
     config_class = ConvConfig
     input_fields = ("in_channels", "image_size")
+    samples_since_fired: Tensor
+    """Training samples since each code unit last fired (with `ConvConfig.revive_window` only)."""
 
     def __init__(self, config: ConvConfig, sparsity: Sparsity, preprocess: str | tuple[str, ...] | None = None):
         super().__init__(config, sparsity, preprocess)
@@ -106,6 +133,11 @@ class ConvAutoencoder(Autoencoder):
         self.rotate = c.padding == "tf"
         if c.init == "keras":
             self.apply(_glorot_zero)
+        if c.decoder_norm is not None:
+            with torch.no_grad():
+                self._renormalise()
+        if c.revive_window is not None:  # only then: a model without revival keeps the Keras model's state dict
+            self.register_buffer("samples_since_fired", torch.zeros(c.n_latents, dtype=torch.long))
         # Channels-last: oneDNN's faster convolution layout on CPU (docs/performance.md).
         self.to(memory_format=torch.channels_last)
 
@@ -122,6 +154,42 @@ class ConvAutoencoder(Autoencoder):
     def decode(self, code: Tensor) -> Tensor:
         x = self.decoder(self.from_code(code))  # (B, C, H, W)
         return x.flip(-2, -1) if self.rotate else x
+
+    def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
+        """The revival loss (`ConvConfig.revive_window`): each dead unit's largest pre-activation in the
+        batch, where below zero, is pulled up, so that the unit fires on the input it responds to most."""
+        window = self.config.revive_window
+        if window is None or not self.training:
+            return recon.new_zeros(())
+        dead = self.samples_since_fired >= window  # (n_latents,), before this batch
+        count_firing(self.samples_since_fired, (code > 0).any(0), len(code))
+        if not dead.any():
+            return recon.new_zeros(())
+        return self.config.revive_coef * torch.relu(-pre[:, dead].amax(0)).sum()
+
+    @torch.no_grad()
+    def prepare(self, x: Tensor) -> None:
+        """With `ConvConfig.centre_code`: each code unit's bias at minus its median pre-activation on ``x``."""
+        if self.config.centre_code:
+            self.to_code.bias.zero_()
+            self.to_code.bias.copy_(-self.pre_activations(x[:CENTRE_SAMPLES]).median(0).values)
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        w = self.from_code.weight  # (decoder inputs, n_latents): column j reads unit j
+        if self.config.decoder_norm is not None and w.grad is not None:
+            # With columns of a fixed norm, the gradient's component along each only changes its norm.
+            unit = w / w.norm(dim=0, keepdim=True).clamp(min=1e-12)
+            w.grad -= (w.grad * unit).sum(0, keepdim=True) * unit
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.config.decoder_norm is not None:
+            self._renormalise()
+
+    def _renormalise(self) -> None:
+        w = self.from_code.weight
+        w *= self.config.decoder_norm / w.norm(dim=0, keepdim=True).clamp(min=1e-12)
 
 
 def _glorot_zero(module: nn.Module) -> None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from sparseae import distributed
 from sparseae import kernels as topk_kernels
 from sparseae.errors import check, positive_int
-from sparseae.models.base import Autoencoder, ModelOutput, register_model
+from sparseae.models.base import Autoencoder, ModelOutput, count_firing, register_model
 from sparseae.sparsity import Sparsity
 
 
@@ -246,12 +246,8 @@ class DenseAutoencoder(Autoencoder):
     def set_epoch_rows(self, rows: int) -> None:
         self.epoch_rows = rows if rows > 0 else None
 
-    @torch.no_grad()
     def _count_firing(self, fired: Tensor, rows: int) -> None:
-        # Counted over the global batch when distributed, so every rank agrees on which latents are dead.
-        fired = distributed.all_max(fired.to(torch.uint8)).bool()
-        self.samples_since_fired += distributed.batch_total(rows, fired.device)
-        self.samples_since_fired[fired] = 0
+        count_firing(self.samples_since_fired, fired, rows)
 
     def _auxk_loss(self, aux_recon: Tensor, x: Tensor, recon: Tensor) -> Tensor:
         """AuxK: the dead latents' reconstruction of what the live ones miss, relative to its variance."""

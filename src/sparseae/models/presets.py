@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -33,6 +33,15 @@ def _image_fields(shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """Another way to build and train a preset's model: the config defaults it uses instead of the preset's."""
+
+    defaults: dict[str, Any]
+    train_defaults: dict[str, Any]
+    doc: str
+
+
+@dataclass(frozen=True)
 class Preset:
     """A model class with its defaults."""
 
@@ -52,6 +61,22 @@ class Preset:
     doc: str = ""
     expansion: bool = False
     """Whether the code size may be given as a multiple of the input width (``expansion_factor``)."""
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    """Other ways to build and train this model, by name (``--recipe NAME``), besides its own ("default")."""
+
+    def recipe(self, name: str) -> Preset:
+        """This preset with recipe ``name``'s defaults ("default": itself)."""
+        if name == "default":
+            return self
+        if name not in self.recipes:
+            raise SparseAEError(
+                "recipe",
+                expected=f"one of {', '.join(['default', *self.recipes])} for this model",
+                got=repr(name),
+                fix="Leave --recipe out for the model's own recipe.",
+            )
+        r = self.recipes[name]
+        return replace(self, defaults=r.defaults, train_defaults=r.train_defaults, lr_at_batch=None, doc=r.doc, recipes={})
 
     def default_lr(self, batch_size: int) -> float | None:
         """The learning rate this model trains with at ``batch_size`` when none is given (None: TrainConfig's default)."""
@@ -80,10 +105,22 @@ DENSE_DEAD_WINDOW = None
 for AuxK to revive latents within a few hundred steps (a million-sample window never engages in a
 256-step run of batch 4,096), and not too short in firings at a small k."""
 
+CONV_MODEL: dict[str, Any] = {"decoder_norm": 0.04, "centre_code": True, "revive_window": 6400}
+"""How the mnist-conv preset builds its model by default: the Keras blog's architecture and L1 penalty, its
+code units held alive (docs/choosing.md, "The MNIST model without dead units")."""
+CONV_TRAINING: dict[str, Any] = {"lr": 2e-3, "lr_decay": "linear", "lr_decay_fraction": 0.2}
+"""How the mnist-conv preset trains by default: Keras' Adam at 2e-3, decayed linearly to zero over the
+last fifth of the steps."""
+KERAS = Recipe({}, {}, doc="The Keras blog's convolutional sparse autoencoder exactly (L1 1e-4 on a 32-unit code).")
+"""``--recipe keras``: the model and training of the Keras blog, which `ConvConfig`'s and `TrainConfig`'s own
+defaults are."""
+
 PRESETS: dict[str, Preset] = {
     "mnist-conv": Preset(
-        ConvAutoencoder, _image_fields, "l1", {"weight": 1e-4},
-        doc="The Keras blog's convolutional sparse autoencoder (L1 1e-4 on a 32-unit code).",
+        ConvAutoencoder, _image_fields, "l1", {"weight": 1e-4}, defaults=CONV_MODEL, train_defaults=CONV_TRAINING,
+        doc="The Keras blog's convolutional sparse autoencoder (L1 1e-4 on a 32-unit code), trained so that its "
+        "code units stay alive; --recipe keras: exactly as Keras trains it.",
+        recipes={"keras": KERAS},
     ),
     "dense": Preset(
         DenseAutoencoder, lambda shape: {"input_shape": tuple(shape)}, "topk", {"k": 32},
@@ -114,10 +151,11 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str, recipe: str = "default") -> Preset:
+    """The preset ``name``, with the defaults of its ``recipe`` (see `Preset.recipes`)."""
     if name not in PRESETS:
         raise SparseAEError("model", expected=f"one of {', '.join(list_presets())}", got=repr(name), fix="Pick a listed model.")
-    return PRESETS[name]
+    return PRESETS[name].recipe(recipe)
 
 
 def build_preset(
@@ -127,6 +165,7 @@ def build_preset(
     seed: int | None = None,
     preprocess: str | tuple[str, ...] | None = None,
     expansion_factor: float | None = None,
+    recipe: str = "default",
     **config: Any,
 ) -> Autoencoder:
     """The preset ``name`` for samples of ``sample_shape``, initialised from ``seed`` if given.
@@ -138,9 +177,10 @@ def build_preset(
         expansion_factor: The code size as a multiple of the input width,
             ``n_latents = round(expansion_factor * prod(sample_shape))`` (dense and
             classic); give it or ``n_latents``, not both.
+        recipe: "default", or another of the preset's recipes (``"keras"`` for mnist-conv).
         **config: Overrides of the model's config fields, e.g. ``n_latents=4096``.
     """
-    preset = get_preset(name)
+    preset = get_preset(name, recipe)
     if expansion_factor is not None:
         config = {**config, "n_latents": _expanded(name, preset, sample_shape, expansion_factor, config.get("n_latents"))}
     if sparsity is None:
@@ -175,16 +215,22 @@ def _expanded(name: str, preset: Preset, sample_shape: tuple[int, ...], factor: 
     return round(factor * width)
 
 
-def mnist_conv(weight: float = 1e-4, *, seed: int | None = 0, sparsity: Sparsity | None = None, **config: Any) -> ConvAutoencoder:
+def mnist_conv(
+    weight: float = 1e-4, *, seed: int | None = 0, sparsity: Sparsity | None = None, recipe: str = "default", **config: Any
+) -> ConvAutoencoder:
     """The classic convolutional sparse autoencoder for MNIST (Keras blog), 130,017 parameters.
+
+    Train it with ``TrainConfig.for_preset("mnist-conv", recipe=...)`` of the same recipe.
 
     Args:
         weight: L1 activity penalty weight on the 32-unit code (Keras ``l1(10e-5)``);
             0 gives the same model without the penalty.
         seed: Seeds the initialisation (``None``: use the global RNG).
         sparsity: Another constraint on the code instead of L1 (``weight`` is then ignored).
+        recipe: "default": the code units held alive (`CONV_MODEL`); "keras": the Keras blog's model exactly.
         **config: Overrides of `ConvConfig` fields, e.g. ``padding="torch"``.
     """
     sparsity = sparsity or build_sparsity("l1", weight=weight)
+    defaults = get_preset("mnist-conv", recipe).defaults
     with seeded(seed):
-        return ConvAutoencoder(ConvConfig(**config), sparsity)
+        return ConvAutoencoder(ConvConfig(**{**defaults, **config}), sparsity)

@@ -84,15 +84,17 @@ class TrainConfig:
     TensorBoard, and the progress bar); unset: per-epoch metrics only."""
 
     @classmethod
-    def for_preset(cls, name: str, **fields: Any) -> TrainConfig:
+    def for_preset(cls, name: str, recipe: str = "default", **fields: Any) -> TrainConfig:
         """The config ``sparseae train --model NAME`` trains with, with ``fields`` overriding it.
 
-        ``TrainConfig()`` alone is the Keras blog's recipe (keras-adam, lr 1e-3); the
-        ``dense`` preset trains with its own (`sparseae.models.presets.DENSE_TRAINING`),
-        its learning rate following the batch size unless ``lr`` is given (or is None),
-        e.g. ``TrainConfig.for_preset("dense", epochs=5, batch_size=4096)`` trains at 4e-3.
+        ``TrainConfig()`` alone is the Keras blog's recipe (keras-adam, lr 1e-3), which is
+        ``for_preset("mnist-conv", recipe="keras")``; ``mnist-conv`` trains with its own by default
+        (`sparseae.models.presets.CONV_TRAINING`), the ``dense`` preset with its own
+        (`sparseae.models.presets.DENSE_TRAINING`), its learning rate following the batch size unless
+        ``lr`` is given (or is None), e.g. ``TrainConfig.for_preset("dense", epochs=5, batch_size=4096)``
+        trains at 4e-3.
         """
-        preset = get_preset(name)
+        preset = get_preset(name, recipe)
         fields = {**preset.train_defaults, **fields}
         if fields.get("lr") is None:
             fields.pop("lr", None)
