@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--skip-install", action="store_true", help="Use benchmarks/.venvs/keras as it is.")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="keras_seeds", help="Results file name, without .json / .md.")
     parser.add_argument("--worker", nargs=3, metavar=("RECIPE", "EPOCHS", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-codes", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -80,9 +81,9 @@ def main() -> None:
             print(f"[{time.perf_counter() - start:6.0f} s] {record['contender']} seed {record['seed']} "
                   f"{record['length']} epochs: {last or record.get('error')}", flush=True)  # fmt: skip
             # Written after every run, so that a stopped benchmark keeps what it measured.
-            (args.out / "keras_seeds.json").write_text(json.dumps({"machine": machine, "runs": done}, indent=1))
+            (args.out / f"{args.name}.json").write_text(json.dumps({"machine": machine, "runs": done}, indent=1))
             table = tables(done, args.seeds, args.epochs, args.contenders, machine)
-            (args.out / "keras_seeds.md").write_text(table)
+            (args.out / f"{args.name}.md").write_text(table)
     print(table)
 
 

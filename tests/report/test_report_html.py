@@ -17,7 +17,7 @@ def run(tmp_path_factory, mnist):
     base = mnist.subset(1024, 256)
     data = sparseae.Dataset("mnist-named", base.train, base.test, base.train_labels, base.test_labels, label_names=names)
     out = tmp_path_factory.mktemp("report") / "run"
-    sparseae.train(sparseae.mnist_conv(seed=1), data, sparseae.TrainConfig(epochs=2), out, progress=False)
+    sparseae.train(sparseae.mnist_conv(seed=1, recipe="keras"), data, sparseae.TrainConfig(epochs=2), out, progress=False)
     return out, data
 
 
