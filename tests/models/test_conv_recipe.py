@@ -104,6 +104,12 @@ def test_cli_recipe_keras_trains_the_keras_model(tmp_path, capsys):
     assert keras["train"]["lr"] == 1e-3 and keras["train"]["lr_decay"] == "none"
     assert own["model"]["config"]["decoder_norm"] == CONV_MODEL["decoder_norm"]
     assert own["train"]["lr"] == CONV_TRAINING["lr"] and own["train"]["lr_decay"] == "linear"
+    # A run's config.json trains the same recipe again: the Keras run's unset decoder norm stays unset.
+    for r in "kd":
+        assert main(["train", "--config", str(tmp_path / r / "config.json"), "--out", str(tmp_path / f"{r}2"), "--quiet"]) == 0
+        again = json.loads((tmp_path / f"{r}2" / "config.json").read_text())
+        first = json.loads((tmp_path / r / "config.json").read_text())
+        assert (again["model"], again["train"]) == (first["model"], first["train"])
     capsys.readouterr()
     assert main(["train", "--model", "dense", "--recipe", "keras", *small, "--out", str(tmp_path / "x")]) == 2
     assert re.search(r"invalid choice: 'keras' \(choose from '?default'?\)", capsys.readouterr().err)

@@ -7,6 +7,7 @@ The file is either an object of flag names and values (``{"k": 32, "epochs": 5}`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ def _run_flags(run: dict[str, Any], path: Path, data_given: bool) -> dict[str, A
     preset = _preset_for(model, path)
     values: dict[str, Any] = {
         "model": preset,
+        "recipe": _recipe_for(preset, model["config"]),
         "sparsity": model["sparsity"]["name"],
         "preprocess": ",".join(model.get("preprocess") or []) or "none",
     }
@@ -80,6 +82,22 @@ def _preset_for(model: dict[str, Any], path: Path) -> str:
         preset = get_preset(name)
         same = sum(config.get(k) == v for k, v in preset.defaults.items()) + (preset.sparsity == sparsity)
         return same, -len(preset.defaults)  # a tie goes to the preset that sets fewer fields
+
+    return max(names, key=shared)
+
+
+def _recipe_for(preset: str, config: dict[str, Any]) -> str:
+    """The ``--recipe`` of ``preset`` whose model defaults a saved model's ``config`` shares most (a tie: "default").
+
+    Its defaults fill the fields the flags leave unset (None), such as mnist-conv's ``decoder_norm``,
+    which is unset under ``--recipe keras``."""
+    own = get_preset(preset)
+    names = ["default", *own.recipes]
+    plain = {f.name: f.default for f in dataclasses.fields(own.model.config_class)}
+
+    def shared(name: str) -> int:
+        defaults = {**plain, **get_preset(preset, name).defaults}
+        return sum(config.get(k) == defaults[k] for k in {*own.defaults, *get_preset(preset, name).defaults})
 
     return max(names, key=shared)
 
