@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CONTENDERS = ("keras", "sparseae --recipe keras", "sparseae default")
@@ -188,12 +190,6 @@ def at_epoch(runs: list[dict], name: str, seed: int, n: int) -> dict | None:
         if found:
             return found[0]
     return None
-
-
-def cpu_name() -> str:
-    from machine import cpu_name as name  # noqa: PLC0415 - benchmarks/machine.py, beside this file
-
-    return name()
 
 
 if __name__ == "__main__":

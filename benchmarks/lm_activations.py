@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from machine import cpu_name
+from machine import lm_machine
 from sparseae.data.activations import iter_activations
 
 MODULE = "transformer.h.1"
@@ -109,16 +108,7 @@ def main() -> None:
         "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 50257, "weights": "random", "module": MODULE},
         "context_length": args.context,
         "batch_size": args.batch_size,
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "python": platform.python_version(),
-            # The machine is shared: a load above the core count means other processes ran too.
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": lm_machine(load_before),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "median_tokens_per_s": median,
         "speedup_of_early_stop": {key: round(m["early stop"] / m["full forward"], 2) for key, m in median.items()},

@@ -36,7 +36,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -47,7 +46,7 @@ from unittest import mock
 
 import torch
 
-from machine import cpu_name
+from machine import lm_machine
 from sparseae.data import activations
 from sparseae.data.activations import ActivationConfig, cache_activations, iter_activations, iter_activations_per_module
 
@@ -153,17 +152,7 @@ def main() -> None:
         "tokens_per_layer": args.tokens,
         "context_length": CONTEXT,
         "batch_size": BATCH,
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "python": platform.python_version(),
-            # The machine is shared: a load above the core count means other processes ran too.
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": lm_machine(load_before, torch_threads=torch.get_num_threads()),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "median_tokens_per_s": median,
         "speedup_of_one_pass": {

@@ -94,13 +94,9 @@ def preparse(argv: list[str]) -> Chosen:
     model = known.model or values.get("model") or "mnist-conv"
     model = model if model in list_presets() else "mnist-conv"  # argparse reports a bad choice
     recipe = known.recipe or values.get("recipe") or "default"
-    recipe = recipe if recipe in _recipes(model) else "default"  # the full parse reports a bad choice
+    recipe = recipe if recipe in get_preset(model).recipe_names else "default"  # the full parse reports a bad choice
     sparsity = known.sparsity or values.get("sparsity") or get_preset(model).sparsity
     return Chosen(command, model, sparsity, path, recipe=recipe, values=values)
-
-
-def _recipes(model: str) -> list[str]:
-    return ["default", *get_preset(model).recipes]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -215,7 +211,7 @@ def _add_training_args(p: argparse.ArgumentParser, chosen: Chosen) -> None:
     p.add_argument(
         "--recipe",
         default="default",
-        choices=_recipes(chosen.model),
+        choices=get_preset(chosen.model).recipe_names,
         help="How to build and train the model: its own defaults, or another recipe of it (mnist-conv: keras, the Keras "
         "blog's model and training exactly). Flags given with it override it (default: %(default)s).",
     )

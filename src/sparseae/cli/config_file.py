@@ -92,14 +92,14 @@ def _recipe_for(preset: str, config: dict[str, Any]) -> str:
     Its defaults fill the fields the flags leave unset (None), such as mnist-conv's ``decoder_norm``,
     which is unset under ``--recipe keras``."""
     own = get_preset(preset)
-    names = ["default", *own.recipes]
     plain = {f.name: f.default for f in dataclasses.fields(own.model.config_class)}
 
     def shared(name: str) -> int:
-        defaults = {**plain, **get_preset(preset, name).defaults}
-        return sum(config.get(k) == defaults[k] for k in {*own.defaults, *get_preset(preset, name).defaults})
+        recipe = get_preset(preset, name).defaults
+        defaults = {**plain, **recipe}
+        return sum(config.get(k) == defaults[k] for k in {*own.defaults, *recipe})
 
-    return max(names, key=shared)
+    return max(own.recipe_names, key=shared)
 
 
 def apply_config(parser: argparse.ArgumentParser, values: dict[str, Any], path: Path) -> None:

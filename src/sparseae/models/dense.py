@@ -172,7 +172,7 @@ class DenseAutoencoder(Autoencoder):
         loss = self._weight_decay(recon)
         if self.training:
             dense = topk_kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
-            self._count_firing(topk_kernels.fired(dense), len(x))
+            count_firing(self.samples_since_fired, topk_kernels.fired(dense), len(x))
             if few_dead:
                 rows = self._aux_rows(len(x))
                 loss = loss + self._auxk_loss(self._dead_decode(x[:rows], aux), x[:rows], recon[:rows])
@@ -203,7 +203,7 @@ class DenseAutoencoder(Autoencoder):
         if not self.training:
             return loss
         dead = self._dead()
-        self._count_firing(topk_kernels.fired(code), len(code))
+        count_firing(self.samples_since_fired, topk_kernels.fired(code), len(code))
         if c.aux_k and dead.any():
             k, rows = min(c.aux_k, int(dead.sum())), self._aux_rows(len(x))
             values, indices = pre[:rows].masked_fill(~dead, -torch.inf).topk(k, dim=-1, sorted=False)  # (rows, k)
@@ -245,9 +245,6 @@ class DenseAutoencoder(Autoencoder):
 
     def set_epoch_rows(self, rows: int) -> None:
         self.epoch_rows = rows if rows > 0 else None
-
-    def _count_firing(self, fired: Tensor, rows: int) -> None:
-        count_firing(self.samples_since_fired, fired, rows)
 
     def _auxk_loss(self, aux_recon: Tensor, x: Tensor, recon: Tensor) -> Tensor:
         """AuxK: the dead latents' reconstruction of what the live ones miss, relative to its variance."""

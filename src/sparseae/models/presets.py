@@ -64,6 +64,11 @@ class Preset:
     recipes: dict[str, Recipe] = field(default_factory=dict)
     """Other ways to build and train this model, by name (``--recipe NAME``), besides its own ("default")."""
 
+    @property
+    def recipe_names(self) -> list[str]:
+        """Every ``--recipe`` of this preset: "default" (its own), then its other recipes."""
+        return ["default", *self.recipes]
+
     def recipe(self, name: str) -> Preset:
         """This preset with recipe ``name``'s defaults ("default": itself)."""
         if name == "default":
@@ -71,7 +76,7 @@ class Preset:
         if name not in self.recipes:
             raise SparseAEError(
                 "recipe",
-                expected=f"one of {', '.join(['default', *self.recipes])} for this model",
+                expected=f"one of {', '.join(self.recipe_names)} for this model",
                 got=repr(name),
                 fix="Leave --recipe out for the model's own recipe.",
             )
