@@ -49,17 +49,19 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tens
     """``out[j] = sum of weights[r, i] * rows[r]`` over the ``(r, i)`` with ``indices[r, i] = j``: ``(n, rows.shape[1])``.
 
     The weight gradient of a layer whose output is sparse: the dense ``G.T @ rows``
-    with ``G`` zero outside ``indices``, as a CSR matrix ordered by latent (sorting
-    the ``B * k`` entries is cheaper than the transposed product).
+    with ``G`` zero outside ``indices``. The ``B * k`` entries are sorted by latent
+    (cheaper than the transposed product) and each latent's rows summed as one bag of
+    ``embedding_bag`` (its weighted sum is about twice as fast on CPU as a CSR matrix
+    times ``rows``); a latent without entries gets zeros.
     """
     flat = indices.reshape(-1)
     order = flat.argsort(stable=True)
-    crow = torch.zeros(n + 1, dtype=torch.long, device=flat.device)
-    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
-    by_latent = torch.sparse_csr_tensor(
-        crow, order // indices.shape[1], weights.reshape(-1)[order].to(rows.dtype), (n, len(rows)), check_invariants=False
-    )
-    return by_latent @ rows
+    offsets = torch.zeros(n + 1, dtype=torch.long, device=flat.device)
+    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=offsets[1:])
+    per_entry = weights.reshape(-1)[order].to(rows.dtype)
+    with torch.autocast(rows.device.type, enabled=False):
+        bags = order // indices.shape[1]  # the row of each entry, latent by latent
+        return F.embedding_bag(bags, rows, offsets, mode="sum", per_sample_weights=per_entry, include_last_offset=True)
 
 
 def gather_dots(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
@@ -121,12 +123,13 @@ class _TopKEncode(torch.autograd.Function):
         if aux_indices.numel():
             parts.append((aux_indices, grad_aux.float() * (aux_values > 0)))
         grad_bias = torch.zeros(n, device=xc.device)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_weight = None
         grad_x = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
         for j, g in parts:
             grad_bias.index_add_(0, j.reshape(-1), g.reshape(-1))  # column sums of G
-            if grad_weight is not None:
-                grad_weight += scatter_rows(j, g, xc[: len(j)].float(), n)
+            if ctx.needs_input_grad[1]:
+                part = scatter_rows(j, g, xc[: len(j)].float(), n)
+                grad_weight = part if grad_weight is None else grad_weight.add_(part)
             if grad_x is not None:
                 grad_x[: len(j)] += F.embedding_bag(j, weight, per_sample_weights=g, mode="sum")
         grad_center = -(grad_bias @ weight) if ctx.needs_input_grad[3] else None  # the rows' G @ weight, summed

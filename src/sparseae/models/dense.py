@@ -219,7 +219,7 @@ class DenseAutoencoder(Autoencoder):
         if len(dead) > self.config.aux_k:
             values, indices = pre.topk(self.config.aux_k, dim=-1, sorted=False)
             pre = torch.zeros_like(pre).scatter(-1, indices, values)
-        return pre.relu() @ self.W_dec[:, dead].T
+        return pre.relu() @ self.W_dec.T[dead]  # rows of the latent-major atoms: their gradient keeps W_dec's layout
 
     def _aux_rows(self, rows: int) -> int:
         return max(1, round(rows * self.config.aux_fraction))
@@ -288,13 +288,15 @@ class DenseAutoencoder(Autoencoder):
     def before_step(self) -> None:
         if self.config.unit_norm_decoder and self.W_dec.grad is not None:
             # With unit columns w, the gradient's component along w only changes the norm.
-            w, g = self.W_dec, self.W_dec.grad
-            g -= (g * w).sum(0, keepdim=True) * w
+            # On the latent-major (n, d) views, where each atom is one run of memory.
+            w, g = self.W_dec.T, self.W_dec.grad.T
+            g.addcmul_(torch.einsum("nd,nd->n", g, w)[:, None], w, value=-1)  # einsum: the dots without an (n, d) product
 
     @torch.no_grad()
     def after_step(self) -> None:
         if self.config.unit_norm_decoder:
-            self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp(min=1e-12)
+            w = self.W_dec.T  # (n, d), contiguous
+            w /= torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp(min=1e-12)
 
 
 def _nonzero_csr(code: topk_kernels.SparseCode, n: int) -> Tensor:
