@@ -132,6 +132,39 @@ def test_topk_encode_and_sparse_decode_equal_the_dense_reference(case):
         assert ker["x"].grad is None
 
 
+@pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "no-x-grad"])
+@pytest.mark.parametrize("aux_rows", [None, 17], ids=["every-row", "first-17-rows"])
+def test_dense_aux_columns_equal_the_dense_reference(aux_rows, x_grad):
+    # aux_dense: the aux latents' raw pre-activations come out of the encoder's pass, and the decoder
+    # takes them as a dense code over their columns; all gradients land in the one weight gradient each.
+    rows = B if aux_rows is None else aux_rows
+    p = problem(shift=-0.3)
+    ref, ker = leaves(p, x_grad), leaves(p, x_grad)
+
+    code, _, indices, _ = reference_topk(ref["x"], ref["weight"], ref["bias"], K, ref["center"])
+    dead_pre = ((ref["x"] - ref["center"]) @ ref["weight"].T + ref["bias"])[:rows, AUX]  # (rows, m)
+    aux_recon = dead_pre.relu() @ ref["w_dec"][:, AUX].T
+    loss = (code @ ref["w_dec"].T * p["r"]).sum() + (aux_recon * p["r_aux"][:rows]).sum()
+    loss = loss + (dead_pre * p["gv_aux"][:rows, : len(AUX)]).sum()  # a gradient on the raw values too
+    loss.backward()
+
+    got, got_aux = kernels.topk_encode(
+        ker["x"], ker["weight"], ker["bias"], K, ker["center"], aux=AUX, aux_k=8, aux_rows=aux_rows, aux_dense=True, block=7
+    )
+    assert got_aux.values.shape == (rows, len(AUX)) and torch.equal(got_aux.indices, AUX.expand(rows, -1))
+    torch.testing.assert_close(got_aux.values, dead_pre, atol=ATOL, rtol=0)
+    decoded, got_aux_recon = kernels.sparse_decode_with_columns(got, ker["w_dec"], got_aux.values.relu(), AUX)
+    got_loss = (decoded * p["r"]).sum() + (got_aux_recon * p["r_aux"][:rows]).sum()
+    got_loss = got_loss + (got_aux.values * p["gv_aux"][:rows, : len(AUX)]).sum()
+    got_loss.backward()
+
+    assert torch.equal(got.indices, indices)
+    torch.testing.assert_close(got_aux_recon, aux_recon, atol=ATOL, rtol=0)
+    for name in ("weight", "bias", "center", "w_dec") + (("x",) if x_grad else ()):
+        torch.testing.assert_close(ker[name].grad, ref[name].grad, atol=ATOL, rtol=0, msg=name)
+    assert ker["w_dec"].grad.T.is_contiguous()  # the latent-major layout: accumulated without a copy
+
+
 def test_latents_that_only_win_with_negative_values_get_no_gradient():
     p = problem()
     x, weight, bias = p["x"], p["weight"].clone().requires_grad_(), p["bias"].clone()
@@ -257,9 +290,10 @@ def test_dense_model_training_steps_equal_with_kernels_auto_and_reference(config
     with torch.no_grad():
         model.samples_since_fired[:40] = 10_000  # dead: AuxK runs from the first step
     auto, ref = auto_and_reference(model)
-    dead_sets = []  # the AuxK latents the sparse kernels were given (None: AuxK ran dense, or not at all)
+    dead_sets = []  # the AuxK latents the sparse kernels were given, and whether as dense columns
     encode = kernels.topk_encode
-    monkeypatch.setattr(kernels, "topk_encode", lambda *a, **kw: dead_sets.append(kw["aux"]) or encode(*a, **kw))
+    seen = lambda *a, **kw: dead_sets.append((kw["aux"], kw["aux_dense"])) or encode(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(kernels, "topk_encode", seen)
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (auto, ref)]
     aux_losses = []
     for batch in x:
@@ -286,7 +320,8 @@ def test_dense_model_training_steps_equal_with_kernels_auto_and_reference(config
             m.after_step()
     assert all(a > 0 for a in aux_losses[:2]), aux_losses  # AuxK ran
     sparse_path = 40 > DENSE_AUX_FACTOR * model.config.aux_k
-    assert (dead_sets[0] is not None and len(dead_sets[0]) >= 40) == sparse_path, dead_sets[0]
+    aux, aux_dense = dead_sets[0]
+    assert aux is not None and len(aux) >= 40 and aux_dense == (not sparse_path), dead_sets[0]
     assert auto.W_dec.T.is_contiguous()
 
 

@@ -87,13 +87,15 @@ class _TopKEncode(torch.autograd.Function):
         aux: Tensor | None,
         aux_k: int,
         aux_rows: int,
+        aux_dense: bool,
         dtype: torch.dtype,
         block: int,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         xc = x - center  # (B, d)
         w, b = weight.to(dtype), bias.to(dtype)
         rows = len(x)
-        aux_k = min(aux_k, len(aux)) if aux is not None else 0
+        aux_dense = aux_dense and aux is not None
+        aux_k = (len(aux) if aux_dense else min(aux_k, len(aux))) if aux is not None else 0
         aux_rows = min(aux_rows, rows)
         values = torch.empty(rows, k, dtype=torch.float32, device=x.device)
         indices = torch.empty(rows, k, dtype=torch.long, device=x.device)
@@ -106,10 +108,17 @@ class _TopKEncode(torch.autograd.Function):
                 torch.addmm(b, xc[i : i + block].to(dtype), w.T, out=pre)  # (block, n): stays in cache
                 v, j = pre.topk(k, dim=-1, sorted=False)
                 values[i : i + block], indices[i : i + block] = v, j
-                if aux_k and i < aux_rows:
+                if aux_k and i < aux_rows and aux_dense:
+                    aux_values[i : i + block] = pre[: aux_rows - i].index_select(1, aux)
+                elif aux_k and i < aux_rows:
                     v, j = pre[: aux_rows - i].index_select(1, aux).topk(aux_k, dim=-1, sorted=False)
                     aux_values[i : i + block], aux_indices[i : i + block] = v, aux[j]
-        code, extra = _sorted(values.relu_(), indices), _sorted(aux_values.relu_(), aux_indices)
+        code = _sorted(values.relu_(), indices)
+        if aux_dense:  # every aux latent's pre-activation, in the order of aux
+            extra = aux_values, aux_indices.copy_(aux.expand(aux_rows, -1))
+        else:
+            extra = _sorted(aux_values.relu_(), aux_indices)
+        ctx.aux_dense = aux_dense
         ctx.save_for_backward(xc, weight, *code, *extra)
         ctx.mark_non_differentiable(code[1], extra[1])
         return (*code, *extra)
@@ -120,7 +129,7 @@ class _TopKEncode(torch.autograd.Function):
         n = weight.shape[0]
         # The main code and the AuxK code (on the first aux_rows rows) as one list of (row, latent, gradient).
         parts = [(indices, grad_values.float() * (values > 0))]  # the ReLU's gradient
-        if aux_indices.numel():
+        if aux_indices.numel() and not ctx.aux_dense:
             parts.append((aux_indices, grad_aux.float() * (aux_values > 0)))
         grad_bias = torch.zeros(n, device=xc.device)
         grad_weight = None
@@ -132,8 +141,15 @@ class _TopKEncode(torch.autograd.Function):
                 grad_weight = part if grad_weight is None else grad_weight.add_(part)
             if grad_x is not None:
                 grad_x[: len(j)] += F.embedding_bag(j, weight, per_sample_weights=g, mode="sum")
+        if aux_indices.numel() and ctx.aux_dense:  # dense over the aux latents: matmuls over their rows of the weight
+            aux, g = aux_indices[0], grad_aux.float()  # (m,), (aux_rows, m)
+            grad_bias.index_add_(0, aux, g.sum(0))
+            if grad_weight is not None:
+                grad_weight.index_add_(0, aux, g.T @ xc[: len(g)].float())
+            if grad_x is not None:
+                grad_x[: len(g)] += g @ weight[aux].float()
         grad_center = -(grad_bias @ weight) if ctx.needs_input_grad[3] else None  # the rows' G @ weight, summed
-        return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None, grad_center, *(None,) * 6
+        return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None, grad_center, *(None,) * 7
 
 
 def topk_encode(
@@ -147,6 +163,7 @@ def topk_encode(
     aux: Tensor | None = None,
     aux_k: int = 0,
     aux_rows: int | None = None,
+    aux_dense: bool = False,
     block: int = BLOCK_ROWS,
 ) -> tuple[SparseCode, SparseCode]:
     """``relu(topk((x - center) @ weight.T + bias, k))`` without storing the pre-activations.
@@ -156,30 +173,44 @@ def topk_encode(
     dense reference). With ``aux`` (indices of latents, e.g. the dead ones) the
     second code holds the ``aux_k`` largest pre-activations among them (AuxK) of
     each of the first ``aux_rows`` rows (all rows if None); otherwise it is empty.
+    With ``aux_dense``, it holds every one of the ``aux`` latents' pre-activations
+    instead, ``(aux_rows, len(aux))`` in the order of ``aux`` (no top k, no ReLU: the
+    caller selects), and their gradient flows back as dense matmuls over those latents'
+    rows of ``weight``: cheaper than the sparse path while the aux latents are few.
     """
     center = x.new_zeros(()) if center is None else center
     aux_rows = len(x) if aux_rows is None else aux_rows
-    values, indices, aux_values, aux_indices = _TopKEncode.apply(x, weight, bias, center, k, aux, aux_k, aux_rows, dtype, block)
+    args = (x, weight, bias, center, k, aux, aux_k, aux_rows, aux_dense, dtype, block)
+    values, indices, aux_values, aux_indices = _TopKEncode.apply(*args)
     return SparseCode(values, indices), SparseCode(aux_values, aux_indices)
 
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, values: Tensor, indices: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, values: Tensor, indices: Tensor, weight: Tensor, col_values: Tensor, cols: Tensor
+    ) -> tuple[Tensor, Tensor]:
         table = weight.T.contiguous()  # (n, d): row j is latent j's atom (free when stored latent-major)
         with torch.autocast(values.device.type, enabled=False):
             out = F.embedding_bag(indices, table, per_sample_weights=values.to(table.dtype), mode="sum")
-        ctx.save_for_backward(values, indices, table)
-        return out
+            atoms = table[cols]  # (m, d): the columns' atoms, for the dense part
+            col_out = col_values.to(table.dtype) @ atoms
+        ctx.save_for_backward(values, indices, table, col_values, cols, atoms)
+        return out, col_out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        values, indices, table = ctx.saved_tensors
+    def backward(ctx: Any, grad_out: Tensor, grad_col_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, indices, table, col_values, cols, atoms = ctx.saved_tensors
         grad_out = grad_out.to(table.dtype).contiguous()
         grad_values = gather_dots(indices, grad_out, table.T) if ctx.needs_input_grad[0] else None
-        # (n, d) transposed: the layout of a latent-major weight, so autograd accumulates it without a copy.
-        grad_weight = scatter_rows(indices, values, grad_out, table.shape[0]).T if ctx.needs_input_grad[2] else None
-        return grad_values, None, grad_weight
+        grad_col_values = grad_col_out.to(table.dtype) @ atoms.T if ctx.needs_input_grad[3] else None
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            grad_weight = scatter_rows(indices, values, grad_out, table.shape[0])  # (n, d)
+            if len(cols):  # into the same gradient: no second (n, d) tensor to add
+                grad_weight.index_add_(0, cols, col_values.to(table.dtype).T @ grad_col_out.to(table.dtype))
+            grad_weight = grad_weight.T  # the layout of a latent-major weight: autograd accumulates it without a copy
+        return grad_values, None, grad_weight, grad_col_values, None
 
 
 def sparse_decode(code: SparseCode, weight: Tensor) -> Tensor:
@@ -189,7 +220,13 @@ def sparse_decode(code: SparseCode, weight: Tensor) -> Tensor:
     dense model keeps its decoder). Runs in the weight's precision (float32 under
     bfloat16 autocast: with k of n columns it costs little).
     """
-    return _SparseDecode.apply(code.values, code.indices, weight)
+    return sparse_decode_with_columns(code, weight, code.values.new_zeros(0, 0), code.indices.new_zeros(0))[0]
+
+
+def sparse_decode_with_columns(code: SparseCode, weight: Tensor, col_values: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """`sparse_decode(code, weight)`, and ``col_values @ weight[:, cols].T`` (a dense code over the latents ``cols``,
+    ``(rows, len(cols))``) in the same pass: both gradients land in one ``weight`` gradient (AuxK over few dead latents)."""
+    return _SparseDecode.apply(code.values, code.indices, weight, col_values, cols)
 
 
 def to_csr(code: SparseCode, n: int) -> Tensor:

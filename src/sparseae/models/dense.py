@@ -164,18 +164,23 @@ class DenseAutoencoder(Autoencoder):
             k,
             self._centre(),
             dtype,
-            aux=None if few_dead else aux,
+            aux=aux,
             aux_k=c.aux_k,
             aux_rows=self._aux_rows(len(x)),
+            aux_dense=few_dead,
         )
-        recon = self.output(topk_kernels.sparse_decode(code, self.W_dec) + self.b_pre).view(-1, *c.input_shape)
+        if few_dead:  # AuxK as dense matmuls over the dead latents' rows and atoms, in the kernels' passes
+            decoded, aux_decoded = topk_kernels.sparse_decode_with_columns(code, self.W_dec, self._aux_code(aux_code.values), aux)
+        else:
+            decoded = topk_kernels.sparse_decode(code, self.W_dec)
+        recon = self.output(decoded + self.b_pre).view(-1, *c.input_shape)
         loss = self._weight_decay(recon)
         if self.training:
             dense = topk_kernels.to_csr(code, c.n_latents)  # a (B, n) dense code would cost more than the step's decoder
             count_firing(self.samples_since_fired, topk_kernels.fired(dense), len(x))
             if few_dead:
-                rows = self._aux_rows(len(x))
-                loss = loss + self._auxk_loss(self._dead_decode(x[:rows], aux), x[:rows], recon[:rows])
+                rows = len(aux_decoded)
+                loss = loss + self._auxk_loss(aux_decoded, x[:rows], recon[:rows])
             elif aux is not None:
                 rows = len(aux_code.values)
                 loss = loss + self._auxk_loss(topk_kernels.sparse_decode(aux_code, self.W_dec), x[:rows], recon[:rows])
@@ -211,15 +216,14 @@ class DenseAutoencoder(Autoencoder):
             loss = loss + self._auxk_loss(aux_code @ self.W_dec.T, x[:rows], recon[:rows])
         return loss
 
-    def _dead_decode(self, x: Tensor, dead: Tensor) -> Tensor:
-        """AuxK's reconstruction from the ``aux_k`` largest pre-activations among the latents ``dead`` (indices),
-        as dense matmuls over their columns only: the same function as `auxiliary_loss`'s, cheaper than the
-        sparse kernels while the dead are few."""
-        pre = torch.addmm(self.encoder.bias[dead], x.flatten(1) - self._centre(), self.encoder.weight[dead].T)
-        if len(dead) > self.config.aux_k:
+    def _aux_code(self, pre: Tensor) -> Tensor:
+        """AuxK's code over the dead latents from their pre-activations ``(rows, m)``: the ``aux_k`` largest
+        of each row, ReLU'd (the same function as `auxiliary_loss`'s, cheaper than the sparse kernels while
+        the dead are few)."""
+        if pre.shape[1] > self.config.aux_k:
             values, indices = pre.topk(self.config.aux_k, dim=-1, sorted=False)
             pre = torch.zeros_like(pre).scatter(-1, indices, values)
-        return pre.relu() @ self.W_dec.T[dead]  # rows of the latent-major atoms: their gradient keeps W_dec's layout
+        return pre.relu()
 
     def _aux_rows(self, rows: int) -> int:
         return max(1, round(rows * self.config.aux_fraction))
