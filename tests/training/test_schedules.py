@@ -412,6 +412,7 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
     from sparseae.models.presets import DENSE_DEAD_WINDOW, DENSE_TRAINING
 
     assert DENSE_TRAINING["lr_decay"] == "linear"
+    assert DENSE_TRAINING["adam_beta1"] == 0.8 and sparseae.TrainConfig().adam_beta1 == 0.9  # torch's default elsewhere
     recipe = sparseae.TrainConfig.for_preset("dense", epochs=1, batch_size=64)
     assert {k: getattr(recipe, k) for k in DENSE_TRAINING} == DENSE_TRAINING
     assert (recipe.epochs, recipe.batch_size) == (1, 64)
@@ -440,6 +441,7 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
         cli.main(["train", "--model", "dense", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.004 at batch 4096, times sqrt(batch size / 4096), at least 0.002)" in help_text
+    assert "Adam's decay rate of the running mean of gradients (beta1). (default: 0.8)" in help_text
 
     seen = []
 
