@@ -98,8 +98,9 @@ def ksparse() -> dict:
         clf = LogisticRegression(max_iter=500).fit(a, data.train_labels.numpy())
         scores[name] = {"accuracy": float(clf.score(b, data.test_labels.numpy())), "seconds": time.perf_counter() - start}
     return {"settings": f"dense SAE 784-1000, TopK k=25 (alpha*k = 75 at encode time), pre-encoder bias, unit-norm tied "
-            f"decoder, the dense recipe (encoder scale fitted at init, AuxK 256 with a {model.config.dead_window:,}-sample "
-            f"dead window, Adam lr {config.lr:.2g} decayed linearly over the last 20%), batch 128, 20 epochs; "
+            f"decoder, the dense recipe (encoder scale fitted at init, AuxK 256 with a {model.dead_window():,}-sample "
+            f"dead window, Adam lr {config.lr:.2g} with beta1 {config.adam_beta1:g}, decayed linearly over the last 20%), "
+            "batch 128, 20 epochs; "
             "scikit-learn LogisticRegression(max_iter=500)",
             "final": result.metrics[-1], "linear_probe": scores}  # fmt: skip
 
