@@ -108,11 +108,13 @@ class _TopKEncode(torch.autograd.Function):
                 torch.addmm(b, xc[i : i + block].to(dtype), w.T, out=pre)  # (block, n): stays in cache
                 v, j = pre.topk(k, dim=-1, sorted=False)
                 values[i : i + block], indices[i : i + block] = v, j
-                if aux_k and i < aux_rows and aux_dense:
-                    aux_values[i : i + block] = pre[: aux_rows - i].index_select(1, aux)
-                elif aux_k and i < aux_rows:
-                    v, j = pre[: aux_rows - i].index_select(1, aux).topk(aux_k, dim=-1, sorted=False)
-                    aux_values[i : i + block], aux_indices[i : i + block] = v, aux[j]
+                if aux_k and i < aux_rows:
+                    chosen = pre[: aux_rows - i].index_select(1, aux)  # (rows of the block, len(aux))
+                    if aux_dense:
+                        aux_values[i : i + block] = chosen
+                    else:
+                        v, j = chosen.topk(aux_k, dim=-1, sorted=False)
+                        aux_values[i : i + block], aux_indices[i : i + block] = v, aux[j]
         code = _sorted(values.relu_(), indices)
         if aux_dense:  # every aux latent's pre-activation, in the order of aux
             extra = aux_values, aux_indices.copy_(aux.expand(aux_rows, -1))
