@@ -31,7 +31,8 @@ rate, so its curve at T is exactly what a run with a T-second budget would give.
 
 Writes ``benchmarks/results/real.{json,md}`` (``real-long.*`` with --long; --quick
 writes to ``benchmarks/.cache/real/``); runs already in the JSON for the same
-setting, contender and steps are kept and not run again (``--fresh`` to redo them).
+setting, contender and steps are kept and not run again (``--fresh`` to redo them; each old
+result stays until its new one is in).
 Standard library only: any python3 runs it; environments as the speed suite builds them.
 """
 
@@ -215,7 +216,7 @@ def setting_md(name: str, setting: dict) -> list[str]:
         if not runs:
             lines.append(f"| {c['name']} | | not run | | | | | |")
             continue
-        rec = runs[-1]
+        rec = ([r for r in runs if r["status"] == "ok"] or runs)[-1]  # a failed rerun does not hide a result
         if rec["status"] != "ok":
             lines.append(f"| {c['name']} | | {rec['status']}: {rec.get('error', '')[-120:]!r} | | | | | |".replace("\n", " "))
             continue
@@ -359,11 +360,11 @@ def main() -> None:
         if setting.get("config", {}).get("steps") != args.steps:
             setting["runs"] = []  # another run length: start this setting again
         setting.update(config=config, contenders=[asdict(c) for c in all_contenders])
-        if args.fresh:
-            setting["runs"] = [r for r in setting["runs"] if only and r["contender"] not in only]
+        # --fresh: run again; each old result is kept until its new one is in (an interrupted run loses nothing).
+        redo = {c.name for c in all_contenders if not only or c.name in only} if args.fresh else set()
         order = suite.rotated(tuple(all_contenders), index)
         for i, c in enumerate(order, 1):
-            if only and c.name not in only or ok(setting, c.name):
+            if only and c.name not in only or (ok(setting, c.name) and c.name not in redo):
                 continue
             python, error = envs.python(c.env)
             base = {"contender": c.name, "env": c.env, "src": src_state() if c.env == "sparseae" else None}
@@ -375,6 +376,8 @@ def main() -> None:
                 run_config.pop("dead_window_steps")
             suite.log(f"[{name} {i}/{len(order)}] {c.name} ...")
             record = {**base, **suite.run_worker(python, str(BENCH / c.worker), run_config, args.timeout)}
+            if record["status"] == "ok":  # replaces this contender's earlier runs; a failure leaves them
+                setting["runs"] = [r for r in setting["runs"] if r["contender"] != c.name]
             setting["runs"].append(record)
             if record["status"] == "ok":
                 r = record["result"]
