@@ -197,8 +197,12 @@ def verdict(ok_: bool | None) -> str:
 
 
 def lr_of(result: dict) -> str:
+    """sparseae's rate: its config's lr, and what a long run trains at (``lr_long_run``) where that is lower."""
     lr = result.get("train_config", {}).get("lr") if "train_config" in result else None
-    return f"{lr:g}" if lr else "-"
+    if not lr:
+        return "-"
+    run = result.get("lr_run", lr)
+    return f"{lr:g}" if run == lr else f"{lr:g} x {run / lr:.3f} = {run:.3g} (long run)"
 
 
 def setting_md(name: str, setting: dict) -> list[str]:

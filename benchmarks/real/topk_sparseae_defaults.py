@@ -42,7 +42,7 @@ from topk_common import Config, evaluate  # noqa: E402 - benchmarks/speed/topk_c
 
 import sparseae  # noqa: E402
 from sparseae import training  # noqa: E402
-from sparseae.training import trainer  # noqa: E402
+from sparseae.training import schedules, trainer  # noqa: E402
 
 VARIANT_KEYS = {"model", "sparsity", "train"}
 
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": variant,
         "model_config": model.describe(),
         "train_config": dataclasses.asdict(train_cfg),
+        "lr_run": train_cfg.lr * schedules.long_run(len(step_s), train_cfg.batch_size, train_cfg.lr_long_run),
         "curve": curve,
         "curve_rows": min(cfg.curve_rows, len(test_np)),
     }

@@ -93,6 +93,18 @@ def test_the_decay_shapes_are_the_configs_choices():
     assert set(get_args(get_type_hints(sparseae.TrainConfig)["lr_decay"])) == {"none", *DECAYS}
 
 
+def test_a_run_longer_than_lr_long_run_trains_at_sqrt_of_the_ratio_throughout():
+    # Set for 100 samples, batch 10: 10 steps keep lr; 40 steps (400 samples) train at lr * sqrt(100 / 400).
+    config = _config(lr_long_run=100, batch_size=10)
+    assert [lr_at(s, 10, config) for s in (1, 10)] == [1e-3, 1e-3]
+    assert [lr_at(s, 40, config) for s in (1, 20, 40)] == pytest.approx([5e-4] * 3, rel=1e-12)
+    assert lr_at(1, 11, config) == pytest.approx(1e-3 * math.sqrt(100 / 110), rel=1e-12)  # just past N
+    # With a warm-up and a decay on top: each factor multiplies.
+    both = dataclasses.replace(config, lr_warmup=4, lr_decay="linear", lr_decay_fraction=0.5)
+    assert [lr_at(s, 40, both) for s in (1, 21, 22, 40)] == pytest.approx([1.25e-4, 5e-4, 4.75e-4, 2.5e-5], rel=1e-12)
+    assert lr_at(40, 40, _config(batch_size=10)) == 1e-3  # 0: lr whatever the length
+
+
 def test_l1_warmup_starts_at_one_nth_of_the_penalty():
     config = _config(l1_warmup=4)
     assert [penalty_scale_at(s, config) for s in (1, 2, 4, 5)] == [0.25, 0.5, 1.0, 1.0]
@@ -105,6 +117,7 @@ def test_l1_warmup_starts_at_one_nth_of_the_penalty():
      ("lr_decay_fraction", 0.0, r"lr_decay_fraction: expected a fraction of the run in \(0, 1\], got 0.0"),
      ("lr_decay_fraction", 1.5, r"lr_decay_fraction: expected a fraction of the run in \(0, 1\], got 1.5"),
      ("lr_decay_to", 2.0, r"lr_decay_to: expected a fraction of lr in \[0, 1\], got 2.0"),
+     ("lr_long_run", -1, "lr_long_run: expected a number of training samples >= 0, got -1. 0 keeps lr whatever"),
      ("grad_clip", 0.0, "grad_clip: expected a finite number > 0, or unset, got 0.0. Leave it unset to not clip."),
      ("grad_clip", math.inf, "grad_clip: expected a finite number > 0, or unset, got inf"),
      ("metrics_every", 0, "metrics_every: expected an integer >= 1, or unset, got 0"),
@@ -118,8 +131,8 @@ def test_bad_controls_are_refused(field, value, message):
 
 def test_the_defaults_change_nothing():
     config = sparseae.TrainConfig()
-    assert (config.lr_warmup, config.lr_decay, config.l1_warmup, config.grad_clip, config.metrics_every) == (
-        0, "none", 0, None, None)  # fmt: skip
+    assert (config.lr_warmup, config.lr_decay, config.lr_long_run, config.l1_warmup, config.grad_clip,
+            config.metrics_every) == (0, "none", 0, 0, None, None)  # fmt: skip
 
 
 # --- in the trainer ----------------------------------------------------------------------------
@@ -442,6 +455,7 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.004 at batch 4096, times sqrt(batch size / 4096), at least 0.002)" in help_text
     assert "Adam's decay rate of the running mean of gradients (beta1). (default: 0.8)" in help_text
+    assert "0: lr whatever the length. (default: 1048576)" in help_text
 
     seen = []
 

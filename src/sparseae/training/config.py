@@ -71,6 +71,10 @@ class TrainConfig:
     """The share of the run's steps, at its end, that --lr-decay spans (in (0, 1])."""
     lr_decay_to: float = 0.0
     """Where --lr-decay ends, as a fraction of --lr (0: towards zero; reached just after the last step)."""
+    lr_long_run: int = 0
+    """The run length, in training samples (steps x batch size), that lr is set for: a longer run
+    of S samples trains at lr x (N / S) ** 0.5 throughout (a rate that suits a few hundred steps
+    kills latents over a few thousand); 0: lr whatever the length."""
     l1_warmup: int = 0
     """Ramp the sparsity penalty's weight linearly from 1/N of its value at step 1 to all of it
     at step N (SAELens' l1_warm_up_steps); for any constraint with a penalty (l1, kl, jumprelu's
@@ -136,6 +140,13 @@ class TrainConfig:
         for name in ("lr_warmup", "l1_warmup"):
             value = getattr(self, name)
             check(value >= 0, name, expected="a number of steps >= 0", got=value, fix="0 switches the warm-up off.")
+        check(
+            self.lr_long_run >= 0,
+            "lr_long_run",
+            expected="a number of training samples >= 0",
+            got=self.lr_long_run,
+            fix="0 keeps lr whatever the run's length.",
+        )
         check(
             0 < self.lr_decay_fraction <= 1,
             "lr_decay_fraction",

@@ -5,7 +5,10 @@ step, so a resumed run gets the same rates as an uninterrupted one with nothing
 saved for them. Steps are counted from 1, as the trainer numbers them.
 
 With ``lr_warmup = W``, ``lr_decay`` over the last ``D = round(lr_decay_fraction * T)``
-of ``T`` steps and ``lr_decay_to = f``, step ``s`` uses ``lr * warm(s) * decay(s)``:
+of ``T`` steps and ``lr_decay_to = f``, step ``s`` uses ``lr * length(T) * warm(s) * decay(s)``:
+
+- ``length(T) = min(1, N / (T * batch_size)) ** LONG_RUN_EXPONENT`` with ``lr_long_run = N``
+  samples (1 when N is 0): a run of more than N samples trains at a lower rate throughout;
 
 - ``warm(s) = min(1, s / W)``: step 1 uses ``lr / W``, step ``W`` on the full rate
   (SAELens' ``lr_warm_up_steps``);
@@ -33,6 +36,17 @@ DECAYS: dict[str, Callable[[float, float], float]] = {
 """Decay shapes by name: the factor at progress ``p`` in [0, 1) through the decay, ending at ``floor``."""
 
 
+LONG_RUN_EXPONENT = 0.5
+"""How the rate falls with a run's length beyond ``lr_long_run`` samples: as (N / samples) ** this."""
+
+
+def long_run(total_steps: int, batch_size: int, samples: int) -> float:
+    """The rate's factor for a run of ``total_steps`` x ``batch_size`` samples that is set for ``samples``
+    (``lr_long_run``): ``(samples / run) ** LONG_RUN_EXPONENT`` for a longer run, else (and for 0) 1."""
+    run = total_steps * batch_size
+    return 1.0 if not samples or run <= samples else (samples / run) ** LONG_RUN_EXPONENT
+
+
 def warmup(step: int, steps: int) -> float:
     """``min(1, step / steps)``: a linear ramp from ``1 / steps`` at step 1 to 1 at step ``steps``; 1 when ``steps`` is 0."""
     return 1.0 if step >= steps else step / steps
@@ -53,10 +67,12 @@ def decay(step: int, total_steps: int, shape: str, fraction: float, floor: float
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
-    """The learning rate of optimizer step ``step`` (1-based) of ``total_steps``; exactly ``config.lr`` without a schedule."""
+    """The learning rate of optimizer step ``step`` (1-based) of ``total_steps``; exactly ``config.lr`` without a schedule
+    (and in a run no longer than ``config.lr_long_run`` samples)."""
+    length = long_run(total_steps, config.batch_size, config.lr_long_run)
     warm = warmup(step, config.lr_warmup)
     down = decay(step, total_steps, config.lr_decay, config.lr_decay_fraction, config.lr_decay_to)
-    return config.lr * warm * down
+    return config.lr * length * warm * down
 
 
 def penalty_scale_at(step: int, config: TrainConfig) -> float:
