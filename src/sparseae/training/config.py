@@ -73,7 +73,7 @@ class TrainConfig:
     """Where --lr-decay ends, as a fraction of --lr (0: towards zero; reached just after the last step)."""
     lr_long_run: int = 0
     """The run length, in training samples (steps x batch size), that lr is set for: a longer run
-    of S samples trains at lr x (N / S) ** 0.5 throughout (a rate that suits a few hundred steps
+    of S samples trains at lr x sqrt(N / S) throughout (a rate that suits a few hundred steps
     kills latents over a few thousand); 0: lr whatever the length."""
     l1_warmup: int = 0
     """Ramp the sparsity penalty's weight linearly from 1/N of its value at step 1 to all of it

@@ -7,7 +7,7 @@ saved for them. Steps are counted from 1, as the trainer numbers them.
 With ``lr_warmup = W``, ``lr_decay`` over the last ``D = round(lr_decay_fraction * T)``
 of ``T`` steps and ``lr_decay_to = f``, step ``s`` uses ``lr * length(T) * warm(s) * decay(s)``:
 
-- ``length(T) = min(1, N / (T * batch_size)) ** LONG_RUN_EXPONENT`` with ``lr_long_run = N``
+- ``length(T) = sqrt(min(1, N / (T * batch_size)))`` with ``lr_long_run = N``
   samples (1 when N is 0): a run of more than N samples trains at a lower rate throughout;
 
 - ``warm(s) = min(1, s / W)``: step 1 uses ``lr / W``, step ``W`` on the full rate
@@ -36,15 +36,11 @@ DECAYS: dict[str, Callable[[float, float], float]] = {
 """Decay shapes by name: the factor at progress ``p`` in [0, 1) through the decay, ending at ``floor``."""
 
 
-LONG_RUN_EXPONENT = 0.5
-"""How the rate falls with a run's length beyond ``lr_long_run`` samples: as (N / samples) ** this."""
-
-
 def long_run(total_steps: int, batch_size: int, samples: int) -> float:
     """The rate's factor for a run of ``total_steps`` x ``batch_size`` samples that is set for ``samples``
-    (``lr_long_run``): ``(samples / run) ** LONG_RUN_EXPONENT`` for a longer run, else (and for 0) 1."""
+    (``lr_long_run``): ``sqrt(samples / run)`` for a longer run, else (and for 0) 1."""
     run = total_steps * batch_size
-    return 1.0 if not samples or run <= samples else (samples / run) ** LONG_RUN_EXPONENT
+    return 1.0 if not samples or run <= samples else math.sqrt(samples / run)
 
 
 def warmup(step: int, steps: int) -> float:
