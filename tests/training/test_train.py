@@ -38,9 +38,13 @@ def test_training_reduces_test_mse_below_bound(l1_and_plain):
 def test_l1_penalty_makes_the_code_sparser(l1_and_plain):
     _, l1 = l1_and_plain[1e-4]
     _, plain = l1_and_plain[0.0]
-    assert l1["test_l0"] < 0.85 * plain["test_l0"], (l1, plain)
-    assert l1["test_mean_activation"] < 0.5 * plain["test_mean_activation"], (l1, plain)
-    assert l1["test_frac_zero"] > plain["test_frac_zero"] + 0.1, (l1, plain)
+    # The default recipe (held decoder norm, revival) keeps every unit alive with or without the
+    # penalty, so L0 moves less than the activations: measured over seeds 1-4 (one thread, 8 December
+    # 2026) the L1 model's L0 was 0.72-0.91 of the plain one's (18.65 against 20.61 here, where an
+    # earlier bound of 0.85 failed on another machine's kernels) and its mean activation 0.13-0.19.
+    assert l1["test_l0"] < 0.95 * plain["test_l0"], (l1, plain)
+    assert l1["test_mean_activation"] < 0.4 * plain["test_mean_activation"], (l1, plain)
+    assert l1["test_frac_zero"] > plain["test_frac_zero"] + 1 / 32, (l1, plain)  # at least a unit's worth
     assert plain["train_penalty"] == 0 and l1["train_penalty"] > 0
 
 
