@@ -86,8 +86,9 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("screen", [None, torch.bfloat16], ids=["float32", "screened"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_topk_encode_and_sparse_decode_equal_the_dense_reference(case):
+def test_topk_encode_and_sparse_decode_equal_the_dense_reference(case, screen):
     aux, aux_k, shift, block, x_grad, latent_major, aux_rows = case
     rows = B if aux_rows is None else aux_rows
     p = problem(shift, latent_major)
@@ -104,7 +105,16 @@ def test_topk_encode_and_sparse_decode_equal_the_dense_reference(case):
     loss.backward()
 
     got, got_aux = kernels.topk_encode(
-        ker["x"], ker["weight"], ker["bias"], K, ker["center"], aux=aux, aux_k=aux_k, aux_rows=aux_rows, block=block
+        ker["x"],
+        ker["weight"],
+        ker["bias"],
+        K,
+        ker["center"],
+        aux=aux,
+        aux_k=aux_k,
+        aux_rows=aux_rows,
+        screen=screen,
+        block=block,
     )
     got_recon = kernels.sparse_decode(got, ker["w_dec"])
     got_loss = (got_recon * p["r"]).sum() + (got.values * p["gv"].gather(1, got.indices)).sum()
@@ -227,6 +237,38 @@ def test_bfloat16_matmul_on_all_rows_picks_near_top_latents_with_their_values():
     assert (picked >= kth - 0.05).all()  # what bfloat16 may swap is within its error of the k-th
     torch.testing.assert_close(got.values, picked.relu(), rtol=2e-2, atol=2e-2)
     assert (got.values - picked.relu()).abs().max() > 1e-3  # the matmul did run in bfloat16 (float32: ~1e-6)
+
+
+@pytest.mark.parametrize("aux_dense", [False, True], ids=["auxk-sparse", "auxk-dense"])
+def test_a_screened_choice_is_the_float32_one_where_bfloat16_alone_picks_other_latents(aux_dense):
+    g = torch.Generator().manual_seed(3)
+    rows, d, n, k, aux_k = 512, 64, 2048, 16, 32
+    x, weight = torch.randn(rows, d, generator=g), torch.randn(n, d, generator=g) / d**0.5
+    bias, center = 0.1 * torch.randn(n, generator=g), torch.zeros(d)
+    aux = torch.arange(0, n, 3)  # 683 latents
+    code, aux_code, indices, aux_indices = reference_topk(x, weight, bias, k, center, aux=aux, aux_k=aux_k)
+    alone, alone_aux = kernels.topk_encode(x, weight, bias, k, center, torch.bfloat16, aux=aux, aux_k=aux_k)
+    differ = (alone.indices != indices).any(1)
+    assert differ.sum() >= 20, "bfloat16 alone should swap latents at the k-th place in some rows"  # 68 of 512
+    assert (alone_aux.indices != aux_indices).any(1).sum() >= 20  # AuxK's choice too: 71 of 512 (the margin needed: 4)
+    screened = {"aux": aux, "aux_k": aux_k, "aux_dense": aux_dense, "screen": torch.bfloat16}
+    got, got_aux = kernels.topk_encode(x, weight, bias, k, center, **screened)
+    assert torch.equal(got.indices, indices)
+    torch.testing.assert_close(got.values, code.gather(1, indices), atol=ATOL, rtol=0)  # float32 values
+    pre = (x - center) @ weight.T + bias
+    if aux_dense:  # every aux latent's float32 pre-activation, in the order of aux
+        assert torch.equal(got_aux.indices, aux.expand(rows, -1))
+        torch.testing.assert_close(got_aux.values, pre[:, aux], atol=ATOL, rtol=0)
+    else:
+        assert torch.equal(got_aux.indices, aux_indices)
+        torch.testing.assert_close(got_aux.values, aux_code.gather(1, aux_indices), atol=ATOL, rtol=0)
+
+
+def test_screening_is_offered_on_cpus_with_bfloat16_dot_products_only():
+    has = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert kernels.screen_dtype(torch.device("cpu")) == (torch.bfloat16 if has else None)
+    assert kernels.screen_dtype(torch.device("meta")) is None
+    assert kernels.screen_margin(32) == 16 and kernels.screen_margin(64) == 32 and kernels.screen_margin(4) == 16
 
 
 def test_sparse_helpers_equal_their_dense_definitions():
@@ -518,10 +560,10 @@ def test_cli_train_help_lists_precision_and_kernels(capsys):
         main(["train", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "--precision {float32,bfloat16}" in out and "--kernels {auto,reference}" in out
+    assert "--precision {float32,bfloat16}" in out and "--kernels {auto,exact,reference}" in out
 
 
-BAD_FLAGS = [("--precision", "float16", "'float32', 'bfloat16'"), ("--kernels", "fast", "'auto', 'reference'")]
+BAD_FLAGS = [("--precision", "float16", "'float32', 'bfloat16'"), ("--kernels", "fast", "'auto', 'exact', 'reference'")]
 
 
 @pytest.mark.parametrize(("flag", "value", "choices"), BAD_FLAGS)

@@ -133,9 +133,15 @@ def src_state() -> dict:
 # ---------------------------------------------------------------- reading results
 
 
-def ok(setting: dict, name: str) -> dict | None:
+def ok_run(setting: dict, name: str) -> dict | None:
+    """The contender's last good run record (its ``result`` and where it was run)."""
     runs = [r for r in setting["runs"] if r["contender"] == name and r["status"] == "ok"]
-    return runs[-1]["result"] if runs else None
+    return runs[-1] if runs else None
+
+
+def ok(setting: dict, name: str) -> dict | None:
+    run = ok_run(setting, name)
+    return run["result"] if run else None
 
 
 def at_time(curve: list[dict], t: float) -> tuple[float | None, str]:
@@ -181,11 +187,21 @@ def summary(setting: dict) -> dict:
                 clock[p] = min(values, key=lambda v: v["fvu"])
         out["clock"] = {"T_s": t, "ours": ours["fvu_curve_rows"], "peers": clock,
                         "pass": bool(clock) and all(ours["fvu_curve_rows"] < v["fvu"] for v in clock.values())}  # fmt: skip
-    sparsify = [r["rows_per_s"] for c in setting["contenders"] if c["name"].startswith("sparsify lr ")
-                for r in [ok(setting, c["name"])] if r]  # fmt: skip
-    if ours and sparsify:
-        ratio = ours["rows_per_s"] / statistics.median(sparsify)
-        out["speed"] = {"ratio": ratio, "pass": ratio >= TARGET_SPEED}
+    # Speed is compared within one invocation of this script (the machine's load and threads alike);
+    # runs from before invocations were recorded fall back to sparsify's runs at the same thread count.
+    ours_run = ok_run(setting, "sparseae defaults")
+    sparsify = [r for c in setting["contenders"] if c["name"].startswith("sparsify lr ")
+                for r in [ok_run(setting, c["name"])] if r]  # fmt: skip
+    if ours_run:
+        same = [r for r in sparsify if r.get("invocation") and r.get("invocation") == ours_run.get("invocation")]
+        where = "same run"
+        if not same:
+            same = [r for r in sparsify if r["result"]["threads"] == ours["threads"]]
+            where = "other runs, same threads"
+        if same:
+            ratio = ours["rows_per_s"] / statistics.median(r["result"]["rows_per_s"] for r in same)
+            out["speed"] = {"ratio": ratio, "pass": ratio >= TARGET_SPEED, "where": where,
+                            "against": [r["contender"] for r in same]}  # fmt: skip
     return out
 
 
@@ -250,7 +266,7 @@ def targets_md(data: dict) -> list[str]:
         clk_text = (f"{clk['ours']:.4f} vs " + ", ".join(f"{v['contender']} {v['fvu']:.4f}" for v in clk["peers"].values())
                     + f" {verdict(clk['pass'])}") if clk else "-"  # fmt: skip
         spd = s.get("speed")
-        spd_text = f"{spd['ratio']:.2f}x {verdict(spd['pass'])}" if spd else "-"
+        spd_text = f"{spd['ratio']:.2f}x ({spd['where']}: {', '.join(spd['against'])}) {verdict(spd['pass'])}" if spd else "-"
         lines.append(f"| {name} | {tok_text} | {clk_text} | {spd_text} |")
     return lines + [""]
 
@@ -371,7 +387,8 @@ def main() -> None:
             if only and c.name not in only or (ok(setting, c.name) and c.name not in redo):
                 continue
             python, error = envs.python(c.env)
-            base = {"contender": c.name, "env": c.env, "src": src_state() if c.env == "sparseae" else None}
+            base = {"contender": c.name, "env": c.env, "src": src_state() if c.env == "sparseae" else None,
+                    "invocation": data["date"]}  # fmt: skip
             if error:
                 setting["runs"].append({**base, "status": "failed", "error": f"environment {c.env}: {error}"})
                 continue

@@ -148,7 +148,7 @@ class DenseAutoencoder(Autoencoder):
 
     def forward(self, x: Tensor, *, kernels: str = "auto", dtype: torch.dtype | None = None) -> ModelOutput:
         # The sparse CSR operations run on CPU and CUDA; the kernels compute in float32 (or bfloat16).
-        k = self.sparsity.sparse_k() if kernels == "auto" else None
+        k = self.sparsity.sparse_k() if kernels in ("auto", "exact") else None
         if k is None or x.device.type not in ("cpu", "cuda") or self.W_dec.dtype != torch.float32:
             return super().forward(x)
         # TopK through the sparse kernels: the same function as the dense path (tests/test_kernels.py).
@@ -168,6 +168,7 @@ class DenseAutoencoder(Autoencoder):
             aux_k=c.aux_k,
             aux_rows=self._aux_rows(len(x)),
             aux_dense=few_dead,
+            screen=topk_kernels.screen_dtype(x.device) if kernels == "auto" else None,
         )
         if few_dead:  # AuxK as dense matmuls over the dead latents' rows and atoms, in the kernels' passes
             decoded, aux_decoded = topk_kernels.sparse_decode_with_columns(code, self.W_dec, self._aux_code(aux_code.values), aux)
@@ -200,7 +201,7 @@ class DenseAutoencoder(Autoencoder):
     def uses_kernels(self, kernels: str = "auto") -> bool:
         """Whether `forward(x, kernels=kernels)` runs the sparse TopK kernels (`sparseae.kernels`) on CPU or CUDA
         float32 weights: with `kernels="auto"` and a constraint that offers them (`Sparsity.sparse_k`)."""
-        return kernels == "auto" and self.sparsity.sparse_k() is not None
+        return kernels in ("auto", "exact") and self.sparsity.sparse_k() is not None
 
     def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
         c = self.config

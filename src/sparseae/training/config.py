@@ -58,9 +58,12 @@ class TrainConfig:
     """Precision of the forward pass: 'bfloat16' runs the matmuls and convolutions in bfloat16
     (autocast; about 2x faster on CPUs with AVX-512-BF16 or AMX and on recent GPUs), with
     float32 weights, optimizer and loss."""
-    kernels: Literal["auto", "reference"] = "auto"
-    """'auto': the fast paths (sparse TopK encoder backward and decoder, fused Adam);
-    'reference': plain PyTorch operations, for checking them."""
+    kernels: Literal["auto", "exact", "reference"] = "auto"
+    """'auto': the fast paths (sparse TopK encoder backward and decoder, fused Adam), and in
+    float32 on CPUs with bfloat16 dot products (AVX-512-BF16, AMX) a TopK choice screened by a
+    bfloat16 matmul and rescored in float32 (the values and gradients are float32; see
+    docs/performance.md); 'exact': the same fast paths with the choice made by the float32
+    matmul; 'reference': plain PyTorch operations, for checking them."""
     lr_warmup: int = 0
     """Warm the learning rate up linearly over the first N optimizer steps: step s uses
     lr * s / N (SAELens' lr_warm_up_steps); 0: the full rate from the first step."""

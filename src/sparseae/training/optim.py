@@ -76,7 +76,7 @@ class TransposedStep:
 def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
     # Fused Adam updates each parameter in one pass (docs/performance.md: against foreach on large dictionaries).
     devices = {p.device.type for p in model.parameters()}
-    fused = config.kernels == "auto" and devices <= {"cpu", "cuda"} or None
+    fused = config.kernels != "reference" and devices <= {"cpu", "cuda"} or None
     betas = (config.adam_beta1, config.adam_beta2)
     if config.optimizer == "keras-adam":
         return KerasAdam(model.parameters(), lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)

@@ -60,14 +60,14 @@ class Trainer:
 
     def __init__(self, model: Autoencoder, config: TrainConfig, run_dir: Path | None, device: torch.device):
         self.model, self.config, self.run_dir, self.device = model.to(device).train(), config, run_dir, device
-        if config.kernels == "auto":
+        if config.kernels != "reference":
             runtime.quiet_sparse_warnings()
             if device.type == "cpu":
                 runtime.keep_freed_memory()
         # What the fast kernels are told: plain operations follow the autocast around the forward pass.
         self.kernel_args = {"kernels": config.kernels, "dtype": torch.bfloat16 if config.precision == "bfloat16" else None}
         self.optimizer = make_optimizer(model, config)
-        self.transposed = TransposedStep(self.optimizer) if config.kernels == "auto" else contextlib.nullcontext()
+        self.transposed = TransposedStep(self.optimizer) if config.kernels != "reference" else contextlib.nullcontext()
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
         # Under torchrun, DistributedDataParallel averages the gradients across ranks during
         # backward; buffers (e.g. AuxK's counts) are kept equal by reductions in the model.
