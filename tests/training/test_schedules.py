@@ -121,6 +121,7 @@ def test_l1_warmup_starts_at_one_nth_of_the_penalty():
      ("grad_clip", 0.0, "grad_clip: expected a finite number > 0, or unset, got 0.0. Leave it unset to not clip."),
      ("grad_clip", math.inf, "grad_clip: expected a finite number > 0, or unset, got inf"),
      ("metrics_every", 0, "metrics_every: expected an integer >= 1, or unset, got 0"),
+     ("encoder_bias_lr_scale", 0.0, "encoder_bias_lr_scale: expected a finite number > 0, got 0.0. Pass a positive"),
      ("adam_beta1", 1.0, r"adam_beta1: expected a number in \[0, 1\), got 1.0. For example 0.9 or 0.999."),
      ("adam_beta2", -0.1, r"adam_beta2: expected a number in \[0, 1\), got -0.1")],
 )  # fmt: skip
@@ -217,6 +218,67 @@ def test_grad_clip_bounds_the_gradient_the_optimizer_sees(data, monkeypatch, ker
     topk = sparseae.build_preset("dense", (D,), sparseae.build_sparsity("topk", k=4), seed=0, n_latents=48)
     sparseae.train(topk, data, dataclasses.replace(config, grad_clip=None), progress=False)
     assert max(s["grad_norm"] for s in seen) > 0.1  # unclipped, the same steps go beyond it
+
+
+def test_encoder_bias_lr_scale_steps_the_bias_at_its_multiple_of_the_schedules_rate(data, monkeypatch):
+    built = []
+    make = training.make_optimizer
+    monkeypatch.setattr(trainer, "make_optimizer", lambda model, config: built.append(make(model, config)) or built[-1])
+    rates = []  # (the other parameters' lr, the bias's lr) at each step
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(
+        torch.optim.Adam, "step", lambda opt, *a, **k: rates.append([g["lr"] for g in opt.param_groups]) or step(opt, *a, **k)
+    )
+    topk = sparseae.build_preset("dense", (D,), sparseae.build_sparsity("topk", k=4), seed=0, n_latents=48)
+    config = dataclasses.replace(SCHEDULED, checkpoint_every=None, metrics_every=None, encoder_bias_lr_scale=5.0)
+    sparseae.train(topk, data, config, progress=False)
+    groups = built[0].param_groups
+    assert [p for p in groups[1]["params"]] == [topk.encoder.bias] and all(
+        p is not topk.encoder.bias for p in groups[0]["params"]
+    )
+    expected = [lr_at(s, 20, config) for s in range(1, 21)]
+    assert [r[0] for r in rates] == expected
+    assert [r[1] for r in rates] == pytest.approx([5 * lr for lr in expected], rel=1e-12)
+
+    # Adam's first step moves each parameter by about its rate: the bias 5x as far as the weights.
+    moved = []
+
+    def first_step(opt, *a, **k):
+        bias, weight = (p.detach().clone() for p in (topk.encoder.bias, topk.encoder.weight))
+        out = step(opt, *a, **k)
+        moved.append([float((p.detach() - q).abs().max()) for p, q in ((topk.encoder.bias, bias), (topk.encoder.weight, weight))])
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", first_step)
+    topk = sparseae.build_preset("dense", (D,), sparseae.build_sparsity("topk", k=4), seed=0, n_latents=48)
+    one = sparseae.TrainConfig(steps=1, batch_size=32, lr=1e-3, optimizer="adam", encoder_bias_lr_scale=5.0)
+    sparseae.train(topk, data, one, progress=False)
+    assert moved[0] == pytest.approx([5e-3, 1e-3], rel=1e-3)
+
+
+def test_without_encoder_bias_lr_scale_the_optimizer_has_one_group_and_each_model_names_its_bias(data):
+    model = _model()
+    assert len(training.make_optimizer(model, sparseae.TrainConfig()).param_groups) == 1  # checkpoints as before
+    assert model.encoder_bias() is model.encoder.bias
+    conv = sparseae.mnist_conv(seed=0)
+    assert conv.encoder_bias() is conv.to_code.bias
+    assert len(training.make_optimizer(conv, sparseae.TrainConfig(encoder_bias_lr_scale=2.0)).param_groups) == 2
+
+
+def test_a_run_with_encoder_bias_lr_scale_resumes_bit_identical(data, tmp_path, monkeypatch):
+    config = dataclasses.replace(SCHEDULED, encoder_bias_lr_scale=5.0)
+    sparseae.train(_model(), data, config, tmp_path / "whole", progress=False)
+    monkeypatch.setattr(checkpoint, "save", _interrupt(12, before_saving=False))
+    with pytest.raises(KeyboardInterrupt):
+        sparseae.train(_model(), data, config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    sparseae.resume(tmp_path / "run", data=data, progress=False)
+    resumed, whole = (
+        read_tensors(tmp_path / "run" / "model.safetensors")[0],
+        read_tensors(tmp_path / "whole" / "model.safetensors")[0],
+    )
+    for name in whole:
+        assert torch.equal(resumed[name], whole[name]), name
 
 
 def test_l1_warmup_scales_the_penalty_in_the_loss(data, tmp_path, monkeypatch):
@@ -426,6 +488,7 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
 
     assert DENSE_TRAINING["lr_decay"] == "linear"
     assert DENSE_TRAINING["adam_beta1"] == 0.8 and sparseae.TrainConfig().adam_beta1 == 0.9  # torch's default elsewhere
+    assert DENSE_TRAINING["encoder_bias_lr_scale"] == 5 and sparseae.TrainConfig().encoder_bias_lr_scale == 1
     recipe = sparseae.TrainConfig.for_preset("dense", epochs=1, batch_size=64)
     assert {k: getattr(recipe, k) for k in DENSE_TRAINING} == DENSE_TRAINING
     assert (recipe.epochs, recipe.batch_size) == (1, 64)

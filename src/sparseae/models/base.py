@@ -139,6 +139,10 @@ class Autoencoder(nn.Module):
     def set_epoch_rows(self, rows: int) -> None:
         """Told by the trainer, before each training run (and resume), how many rows one epoch has; ignored by default."""
 
+    def encoder_bias(self) -> nn.Parameter | None:
+        """The bias of each code unit's pre-activation, which `TrainConfig.encoder_bias_lr_scale` scales; None here."""
+        return None
+
     def before_step(self) -> None:
         """After the backward pass, before the optimizer step (e.g. edit gradients)."""
 

@@ -174,6 +174,9 @@ class ConvAutoencoder(Autoencoder):
             self.to_code.bias.zero_()
             self.to_code.bias.copy_(-self.pre_activations(x[:CENTRE_SAMPLES]).median(0).values)
 
+    def encoder_bias(self) -> nn.Parameter:
+        return self.to_code.bias
+
     @torch.no_grad()
     def before_step(self) -> None:
         w = self.from_code.weight  # (decoder inputs, n_latents): column j reads unit j

@@ -198,6 +198,9 @@ class DenseAutoencoder(Autoencoder):
         code, _ = topk_kernels.topk_encode(x.flatten(1), self.encoder.weight, self.encoder.bias, k, self._centre())
         return _nonzero_csr(code, self.n_latents)
 
+    def encoder_bias(self) -> nn.Parameter:
+        return self.encoder.bias
+
     def uses_kernels(self, kernels: str = "auto") -> bool:
         """Whether `forward(x, kernels=kernels)` runs the sparse TopK kernels (`sparseae.kernels`) on CPU or CUDA
         float32 weights: with `kernels="auto"` and a constraint that offers them (`Sparsity.sparse_k`)."""

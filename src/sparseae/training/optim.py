@@ -78,6 +78,12 @@ def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
     devices = {p.device.type for p in model.parameters()}
     fused = config.kernels != "reference" and devices <= {"cpu", "cuda"} or None
     betas = (config.adam_beta1, config.adam_beta2)
+    params: Any = model.parameters()
+    bias = model.encoder_bias()
+    if config.encoder_bias_lr_scale != 1 and bias is not None:  # its own group; one group otherwise, as before
+        scale = config.encoder_bias_lr_scale
+        params = [{"params": [p for p in model.parameters() if p is not bias]},
+                  {"params": [bias], "lr": config.lr * scale, "lr_scale": scale}]  # fmt: skip
     if config.optimizer == "keras-adam":
-        return KerasAdam(model.parameters(), lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
+        return KerasAdam(params, lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
+    return torch.optim.Adam(params, lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
