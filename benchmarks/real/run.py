@@ -188,7 +188,8 @@ def summary(setting: dict) -> dict:
         out["clock"] = {"T_s": t, "ours": ours["fvu_curve_rows"], "peers": clock,
                         "pass": bool(clock) and all(ours["fvu_curve_rows"] < v["fvu"] for v in clock.values())}  # fmt: skip
     # Speed is compared within one invocation of this script (the machine's load and threads alike);
-    # runs from before invocations were recorded fall back to sparsify's runs at the same thread count.
+    # otherwise with sparsify's latest invocation at the same thread count (its earlier ones may have
+    # shared the machine with other work).
     ours_run = ok_run(setting, "sparseae defaults")
     sparsify = [r for c in setting["contenders"] if c["name"].startswith("sparsify lr ")
                 for r in [ok_run(setting, c["name"])] if r]  # fmt: skip
@@ -196,8 +197,10 @@ def summary(setting: dict) -> dict:
         same = [r for r in sparsify if r.get("invocation") and r.get("invocation") == ours_run.get("invocation")]
         where = "same run"
         if not same:
-            same = [r for r in sparsify if r["result"]["threads"] == ours["threads"]]
-            where = "other runs, same threads"
+            threads = [r for r in sparsify if r["result"]["threads"] == ours["threads"]]
+            latest = max((r.get("invocation") or "" for r in threads), default="")
+            same = [r for r in threads if (r.get("invocation") or "") == latest]
+            where = f"sparsify's latest run at {ours['threads']} threads, {latest or 'date not recorded'}"
         if same:
             ratio = ours["rows_per_s"] / statistics.median(r["result"]["rows_per_s"] for r in same)
             out["speed"] = {"ratio": ratio, "pass": ratio >= TARGET_SPEED, "where": where,
