@@ -620,7 +620,9 @@ def test_auxk_on_a_fraction_of_the_rows_is_the_loss_of_those_rows():
         DenseConfig(aux_fraction=0)
 
 
-@pytest.mark.parametrize("kernels_, precision", [("auto", "float32"), ("reference", "float32"), ("auto", "bfloat16")])
+@pytest.mark.parametrize(
+    "kernels_, precision", [("auto", "float32"), ("exact", "float32"), ("reference", "float32"), ("auto", "bfloat16")]
+)
 def test_the_trainer_passes_kernels_and_precision_to_the_model(kernels_, precision, monkeypatch):
     seen = []
     forward = DenseAutoencoder.forward
@@ -636,3 +638,17 @@ def test_the_trainer_passes_kernels_and_precision_to_the_model(kernels_, precisi
     )
     dtype = torch.bfloat16 if precision == "bfloat16" else None
     assert seen[:2] == [{"kernels": kernels_, "dtype": dtype}] * 2  # the two steps; evaluation calls it plainly
+
+
+@pytest.mark.parametrize("kernels_", ["auto", "exact"])
+def test_auto_screens_the_choice_where_the_cpu_pays_for_it_and_exact_never(kernels_, monkeypatch):
+    screens = []
+    encode = kernels.topk_encode
+    monkeypatch.setattr(kernels, "topk_encode", lambda *a, **kw: screens.append(kw.get("screen")) or encode(*a, **kw))
+    model = dense_topk()
+    x = torch.randn(48, 32)
+    model.initialise(x)
+    auto = model(x, kernels=kernels_)
+    exact = model(x, kernels="exact")
+    assert screens[0] == (kernels.screen_dtype(x.device) if kernels_ == "auto" else None) and screens[1] is None
+    torch.testing.assert_close(auto.code.to_dense(), exact.code.to_dense(), atol=ATOL, rtol=0)

@@ -113,7 +113,8 @@ class Autoencoder(nn.Module):
         Args:
             x: Raw inputs, ``(B, *input_shape)``.
             kernels: 'auto': faster kernels where the model has them (the dense model's sparse
-                TopK path); 'reference': plain PyTorch operations. The trainer passes
+                TopK path, its choice screened in bfloat16 where that pays); 'exact': the same
+                without the screening; 'reference': plain PyTorch operations. The trainer passes
                 `TrainConfig.kernels`.
             dtype: The precision of the fast kernels' matmuls (bfloat16 under
                 `TrainConfig.precision="bfloat16"`); plain operations follow autocast.

@@ -203,7 +203,7 @@ class DenseAutoencoder(Autoencoder):
 
     def uses_kernels(self, kernels: str = "auto") -> bool:
         """Whether `forward(x, kernels=kernels)` runs the sparse TopK kernels (`sparseae.kernels`) on CPU or CUDA
-        float32 weights: with `kernels="auto"` and a constraint that offers them (`Sparsity.sparse_k`)."""
+        float32 weights: with `kernels` "auto" or "exact" and a constraint that offers them (`Sparsity.sparse_k`)."""
         return kernels in ("auto", "exact") and self.sparsity.sparse_k() is not None
 
     def auxiliary_loss(self, x: Tensor, pre: Tensor, code: Tensor, recon: Tensor) -> Tensor:
