@@ -148,7 +148,7 @@ class DenseAutoencoder(Autoencoder):
 
     def forward(self, x: Tensor, *, kernels: str = "auto", dtype: torch.dtype | None = None) -> ModelOutput:
         # The sparse CSR operations run on CPU and CUDA; the kernels compute in float32 (or bfloat16).
-        k = self.sparsity.sparse_k() if kernels in ("auto", "exact") else None
+        k = self.sparsity.sparse_k() if self.uses_kernels(kernels) else None
         if k is None or x.device.type not in ("cpu", "cuda") or self.W_dec.dtype != torch.float32:
             return super().forward(x)
         # TopK through the sparse kernels: the same function as the dense path (tests/test_kernels.py).
