@@ -122,6 +122,8 @@ def test_l1_warmup_starts_at_one_nth_of_the_penalty():
      ("grad_clip", math.inf, "grad_clip: expected a finite number > 0, or unset, got inf"),
      ("metrics_every", 0, "metrics_every: expected an integer >= 1, or unset, got 0"),
      ("encoder_bias_lr_scale", 0.0, "encoder_bias_lr_scale: expected a finite number > 0, got 0.0. Pass a positive"),
+     ("encoder_lr_scale", 0.0, "encoder_lr_scale: expected a finite number > 0, got 0.0. Pass a positive"),
+     ("decoder_lr_scale", -1.0, "decoder_lr_scale: expected a finite number > 0, got -1.0. Pass a positive"),
      ("adam_beta1", 1.0, r"adam_beta1: expected a number in \[0, 1\), got 1.0. For example 0.9 or 0.999."),
      ("adam_beta2", -0.1, r"adam_beta2: expected a number in \[0, 1\), got -0.1")],
 )  # fmt: skip
@@ -263,6 +265,41 @@ def test_without_encoder_bias_lr_scale_the_optimizer_has_one_group_and_each_mode
     conv = sparseae.mnist_conv(seed=0)
     assert conv.encoder_bias() is conv.to_code.bias
     assert len(training.make_optimizer(conv, sparseae.TrainConfig(encoder_bias_lr_scale=2.0)).param_groups) == 2
+
+
+def test_encoder_and_decoder_lr_scales_step_each_group_at_its_multiple_of_the_schedules_rate(data, monkeypatch):
+    rates = []  # each group's lr at each step
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(
+        torch.optim.Adam, "step", lambda opt, *a, **k: rates.append([g["lr"] for g in opt.param_groups]) or step(opt, *a, **k)
+    )
+    topk = sparseae.build_preset("dense", (D,), sparseae.build_sparsity("topk", k=4), seed=0, n_latents=48)
+    scales = {"encoder_lr_scale": 0.5, "encoder_bias_lr_scale": 5.0, "decoder_lr_scale": 3.0}
+    config = dataclasses.replace(SCHEDULED, checkpoint_every=None, metrics_every=None, **scales)
+    groups = training.make_optimizer(topk, config).param_groups
+    assert [[id(p) for p in g["params"]] for g in groups] == [
+        [id(topk.b_pre)],
+        [id(topk.encoder.weight)],
+        [id(topk.encoder.bias)],
+        [id(topk.W_dec)],
+    ]
+    sparseae.train(topk, data, config, progress=False)
+    expected = [lr_at(s, 20, config) for s in range(1, 21)]
+    assert [r[0] for r in rates] == expected
+    assert [r[1:] for r in rates] == [pytest.approx([0.5 * lr, 5 * lr, 3 * lr], rel=1e-12) for lr in expected]
+
+
+def test_the_conv_models_encoder_and_decoder_weights_are_its_layers_weights_and_no_bias():
+    conv = sparseae.mnist_conv(seed=0)
+    groups = training.make_optimizer(conv, sparseae.TrainConfig(encoder_lr_scale=0.5, decoder_lr_scale=3.0)).param_groups
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    encoder = [m.weight for m in conv.encoder if isinstance(m, convs)] + [conv.to_code.weight]
+    decoder = [conv.from_code.weight] + [m.weight for m in conv.decoder if isinstance(m, convs)]
+    assert (len(encoder), len(decoder)) == (3, 5)  # two conv layers and the code layer; the code -> 1568 layer and four
+    assert [[id(p) for p in g["params"]] for g in groups[1:]] == [[id(p) for p in encoder], [id(p) for p in decoder]]
+    assert [(g["lr"], g["lr_scale"]) for g in groups[1:]] == [(5e-4, 0.5), (3e-3, 3.0)]
+    assert all(p.dim() == 1 for p in groups[0]["params"])  # the biases stay at lr
+    assert len(groups[0]["params"]) + len(encoder) + len(decoder) == len(list(conv.parameters()))
 
 
 def test_a_run_with_encoder_bias_lr_scale_resumes_bit_identical(data, tmp_path, monkeypatch):
@@ -489,6 +526,8 @@ def test_the_dense_recipe_is_what_the_cli_python_and_sklearn_train_with(rows, da
     assert DENSE_TRAINING["lr_decay"] == "linear"
     assert DENSE_TRAINING["adam_beta1"] == 0.8 and sparseae.TrainConfig().adam_beta1 == 0.9  # torch's default elsewhere
     assert DENSE_TRAINING["encoder_bias_lr_scale"] == 5 and sparseae.TrainConfig().encoder_bias_lr_scale == 1
+    assert (DENSE_TRAINING["encoder_lr_scale"], DENSE_TRAINING["decoder_lr_scale"]) == (0.67, 3)
+    assert (sparseae.TrainConfig().encoder_lr_scale, sparseae.TrainConfig().decoder_lr_scale) == (1, 1)
     recipe = sparseae.TrainConfig.for_preset("dense", epochs=1, batch_size=64)
     assert {k: getattr(recipe, k) for k in DENSE_TRAINING} == DENSE_TRAINING
     assert (recipe.epochs, recipe.batch_size) == (1, 64)

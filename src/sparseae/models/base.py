@@ -144,6 +144,14 @@ class Autoencoder(nn.Module):
         """The bias of each code unit's pre-activation, which `TrainConfig.encoder_bias_lr_scale` scales; None here."""
         return None
 
+    def encoder_weights(self) -> list[nn.Parameter]:
+        """The encoder's weights (not its biases), which `TrainConfig.encoder_lr_scale` scales; none here."""
+        return []
+
+    def decoder_weights(self) -> list[nn.Parameter]:
+        """The decoder's weights, which `TrainConfig.decoder_lr_scale` scales; none here."""
+        return []
+
     def before_step(self) -> None:
         """After the backward pass, before the optimizer step (e.g. edit gradients)."""
 

@@ -174,8 +174,15 @@ class ConvAutoencoder(Autoencoder):
             self.to_code.bias.zero_()
             self.to_code.bias.copy_(-self.pre_activations(x[:CENTRE_SAMPLES]).median(0).values)
 
+    def encoder_weights(self) -> list[nn.Parameter]:
+        return [m.weight for m in self.encoder if isinstance(m, nn.Conv2d)] + [self.to_code.weight]
+
     def encoder_bias(self) -> nn.Parameter:
         return self.to_code.bias
+
+    def decoder_weights(self) -> list[nn.Parameter]:
+        layers = [self.from_code, *(m for m in self.decoder if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))]
+        return [layer.weight for layer in layers]
 
     @torch.no_grad()
     def before_step(self) -> None:

@@ -198,8 +198,14 @@ class DenseAutoencoder(Autoencoder):
         code, _ = topk_kernels.topk_encode(x.flatten(1), self.encoder.weight, self.encoder.bias, k, self._centre())
         return _nonzero_csr(code, self.n_latents)
 
+    def encoder_weights(self) -> list[nn.Parameter]:
+        return [self.encoder.weight]
+
     def encoder_bias(self) -> nn.Parameter:
         return self.encoder.bias
+
+    def decoder_weights(self) -> list[nn.Parameter]:
+        return [self.W_dec]
 
     def uses_kernels(self, kernels: str = "auto") -> bool:
         """Whether `forward(x, kernels=kernels)` runs the sparse TopK kernels (`sparseae.kernels`) on CPU or CUDA

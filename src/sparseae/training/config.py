@@ -85,11 +85,19 @@ class TrainConfig:
     grad_clip: float | None = None
     """Scale the gradients down so that their global L2 norm is at most this, before each
     optimizer step (torch.nn.utils.clip_grad_norm_); unset: no clipping."""
+    encoder_lr_scale: float = 1.0
+    """The learning rate of the encoder's weights (the dense model's ``encoder.weight``, the conv
+    model's encoder layers and code layer; not their biases) as a multiple of lr."""
     encoder_bias_lr_scale: float = 1.0
     """The learning rate of the encoder's bias (the bias of each latent's pre-activation: the dense
     model's ``encoder.bias``, the conv model's code layer's) as a multiple of lr. The weights move
     a pre-activation by up to lr x |x|_1 per Adam step, its bias by lr: on real activations 5 made
     the TopK dictionary's held-out FVU about 1% lower with fewer dead latents (docs/choosing.md)."""
+    decoder_lr_scale: float = 1.0
+    """The learning rate of the decoder's weights (the dense model's dictionary ``W_dec``, the conv
+    model's decoder layers) as a multiple of lr. On real activations 2 made the TopK dictionary's
+    held-out FVU 3-5% lower (docs/choosing.md): the atoms move faster while the encoder, whose rate
+    decides how many latents die, keeps its own."""
     metrics_every: int | None = None
     """Also write one line to RUN/metrics-steps.jsonl every N optimizer steps: lr, the training
     loss terms and L0 averaged over those steps, latents dead in them, samples/s (and to
@@ -140,7 +148,7 @@ class TrainConfig:
             got=self.steps,
             fix="Leave it unset to train by epochs.",
         )
-        for name in ("lr", "adam_eps", "encoder_bias_lr_scale"):
+        for name in ("lr", "adam_eps", "encoder_lr_scale", "encoder_bias_lr_scale", "decoder_lr_scale"):
             positive_number(getattr(self, name), name, fix=f"Pass a positive {name}.")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)

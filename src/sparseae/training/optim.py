@@ -78,12 +78,26 @@ def make_optimizer(model: Autoencoder, config: TrainConfig) -> torch.optim.Adam:
     devices = {p.device.type for p in model.parameters()}
     fused = config.kernels != "reference" and devices <= {"cpu", "cuda"} or None
     betas = (config.adam_beta1, config.adam_beta2)
-    params: Any = model.parameters()
-    bias = model.encoder_bias()
-    if config.encoder_bias_lr_scale != 1 and bias is not None:  # its own group; one group otherwise, as before
-        scale = config.encoder_bias_lr_scale
-        params = [{"params": [p for p in model.parameters() if p is not bias]},
-                  {"params": [bias], "lr": config.lr * scale, "lr_scale": scale}]  # fmt: skip
+    params = param_groups(model, config)
     if config.optimizer == "keras-adam":
         return KerasAdam(params, lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
     return torch.optim.Adam(params, lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
+
+
+def param_groups(model: Autoencoder, config: TrainConfig) -> Any:
+    """The optimizer's parameters: one group, or with `TrainConfig.encoder_lr_scale`,
+    `TrainConfig.encoder_bias_lr_scale` and `TrainConfig.decoder_lr_scale` the encoder's weights, its
+    bias and the decoder's weights in groups of their own, each with its multiple of lr as ``lr_scale``
+    (which the trainer applies to the schedule's rate)."""
+    bias = model.encoder_bias()
+    scaled = [
+        (config.encoder_lr_scale, model.encoder_weights()),
+        (config.encoder_bias_lr_scale, [] if bias is None else [bias]),
+        (config.decoder_lr_scale, model.decoder_weights()),
+    ]
+    scaled = [(scale, params) for scale, params in scaled if scale != 1 and params]
+    if not scaled:
+        return model.parameters()  # one group: checkpoints as before these options
+    apart = {id(p) for _, params in scaled for p in params}
+    rest = [p for p in model.parameters() if id(p) not in apart]
+    return [{"params": rest}] + [{"params": params, "lr": config.lr * scale, "lr_scale": scale} for scale, params in scaled]

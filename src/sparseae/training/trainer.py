@@ -124,7 +124,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
         lr = lr_at(step, self.total_steps, self.config)  # a function of the step alone: a resumed run gets the same rates
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # TrainConfig.encoder_bias_lr_scale's group
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # the groups of optim.param_groups
         with self.transposed:
             optimizer.step()
         model.after_step()
