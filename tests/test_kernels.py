@@ -312,7 +312,7 @@ MODEL_CONFIGS = {
     "preprocessed": {"preprocess": "standardize"},
     "auxk-on-a-quarter-of-the-rows": {"aux_fraction": 0.25},  # 12 of 48
     # 40 dead from the first step: at most DENSE_AUX_FACTOR x aux_k (dense matmuls over the dead
-    # columns) with aux_k 16 and 32, more (the sparse kernels) with aux_k 4.
+    # columns) with aux_k 64, more (the sparse kernels) with aux_k 4.
     "auxk-dense-over-the-dead-fewer-than-aux-k": {"aux_k": 64},
     "auxk-through-the-sparse-kernels": {"aux_k": 4},
     "auxk-sparse-kernels-on-a-quarter-of-the-rows": {"aux_k": 4, "aux_fraction": 0.25},

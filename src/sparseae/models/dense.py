@@ -87,9 +87,10 @@ at k 16)."""
 MIN_DEAD_WINDOW = 8192
 """With ``dead_window=None``: the shortest window, and the window of a constraint without a fixed k."""
 
-DENSE_AUX_FACTOR = 4
+DENSE_AUX_FACTOR = 8
 """With the sparse kernels, AuxK runs as dense matmuls over the dead latents' columns while they are at most
-this many times aux_k, and through the sparse kernels beyond (the crossover measured in docs/performance.md)."""
+this many times aux_k, and through the sparse kernels beyond (the crossover measured in docs/performance.md:
+about 2,000 dead latents at aux_k 256 on the real-activation benchmark, with the bfloat16 screening)."""
 
 FIT_SAMPLES = 4096
 """Rows of the initialisation sample that `DenseAutoencoder.encoder_scale_fit` uses."""
