@@ -106,9 +106,9 @@ rate decayed linearly to zero over the last fifth of the steps, (`DENSE_LR`) 4e-
 that rate set for runs of up to 2^20 samples (256 steps of 4,096): a run of S samples beyond trains at
 lr x sqrt(2^20 / S) (2,048 steps of 4,096 at 1.4e-3, where 4e-3 left 22% of the latents dead); the
 encoder's bias at 5x the rate (about 1% lower held-out FVU and fewer dead latents at k 16 and 32 on two
-seeds); the decoder's atoms at 3x the rate and the encoder's weights at 0.67x (3-7% lower held-out FVU
-than all at the rate, with at most 1% of the latents dead at k 16, 32, 64 and layer 5; the encoder's
-rate is what kills latents, the decoder's is not).
+seeds); the decoder's atoms at 3x the rate and the encoder's weights at 0.67x (2.4-3.4% lower held-out
+FVU than both at the rate, and at most 1% of the latents dead at k 16, 32, 64 and layer 5, where there
+were up to 2%: the decoder's rate buys the FVU, and the encoder's is what kills latents).
 Each part's measured reason is in docs/choosing.md ("The dense recipe")."""
 DENSE_LR = (4e-3, 4096, 2e-3)
 """The dense preset's learning rate at a batch size, and its floor: other batch sizes get it scaled by
