@@ -222,15 +222,22 @@ def test_grad_clip_bounds_the_gradient_the_optimizer_sees(data, monkeypatch, ker
     assert max(s["grad_norm"] for s in seen) > 0.1  # unclipped, the same steps go beyond it
 
 
-def test_encoder_bias_lr_scale_steps_the_bias_at_its_multiple_of_the_schedules_rate(data, monkeypatch):
-    built = []
-    make = training.make_optimizer
-    monkeypatch.setattr(trainer, "make_optimizer", lambda model, config: built.append(make(model, config)) or built[-1])
-    rates = []  # (the other parameters' lr, the bias's lr) at each step
+def _record_rates(monkeypatch) -> list[list[float]]:
+    """Each optimizer step's param-group learning rates, in order, appended to the returned list."""
+    rates: list[list[float]] = []
     step = torch.optim.Adam.step
     monkeypatch.setattr(
         torch.optim.Adam, "step", lambda opt, *a, **k: rates.append([g["lr"] for g in opt.param_groups]) or step(opt, *a, **k)
     )
+    return rates
+
+
+def test_encoder_bias_lr_scale_steps_the_bias_at_its_multiple_of_the_schedules_rate(data, monkeypatch):
+    built = []
+    make = training.make_optimizer
+    monkeypatch.setattr(trainer, "make_optimizer", lambda model, config: built.append(make(model, config)) or built[-1])
+    step = torch.optim.Adam.step  # unrecorded, for the first-step check below
+    rates = _record_rates(monkeypatch)  # (the other parameters' lr, the bias's lr) at each step
     topk = sparseae.build_preset("dense", (D,), sparseae.build_sparsity("topk", k=4), seed=0, n_latents=48)
     config = dataclasses.replace(SCHEDULED, checkpoint_every=None, metrics_every=None, encoder_bias_lr_scale=5.0)
     sparseae.train(topk, data, config, progress=False)
@@ -268,11 +275,7 @@ def test_without_encoder_bias_lr_scale_the_optimizer_has_one_group_and_each_mode
 
 
 def test_encoder_and_decoder_lr_scales_step_each_group_at_its_multiple_of_the_schedules_rate(data, monkeypatch):
-    rates = []  # each group's lr at each step
-    step = torch.optim.Adam.step
-    monkeypatch.setattr(
-        torch.optim.Adam, "step", lambda opt, *a, **k: rates.append([g["lr"] for g in opt.param_groups]) or step(opt, *a, **k)
-    )
+    rates = _record_rates(monkeypatch)  # each group's lr at each step
     topk = sparseae.build_preset("dense", (D,), sparseae.build_sparsity("topk", k=4), seed=0, n_latents=48)
     scales = {"encoder_lr_scale": 0.5, "encoder_bias_lr_scale": 5.0, "decoder_lr_scale": 3.0}
     config = dataclasses.replace(SCHEDULED, checkpoint_every=None, metrics_every=None, **scales)
